@@ -1,0 +1,119 @@
+"""The search configuration: one flat, fully documented set of keys (pycls style).
+
+Every key below is what a trial's NNI parameters, a YAML file's ``trialCommand`` arguments or the
+``nni-labelfree search`` flags may set. Unknown keys are refused with the list of valid ones; the resolved
+configuration is written next to the outputs (``config.json``) so a result can always be traced to its settings.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ['SearchConfig', 'resolve_config', 'STRATEGIES']
+
+_logger = logging.getLogger(__name__)
+
+STRATEGIES = ('rlnas',)
+
+
+@dataclass
+class SearchConfig:
+    """All settings of one label-free search. Defaults are the CPU quickstart's."""
+    # --- what to search -------------------------------------------------------------------------------------
+    strategy: str = 'rlnas'             # one of STRATEGIES
+    space: str = 'nasbench201'          # a name from nni_labelfree.search_spaces.list_spaces()
+    channels: int = 16                  # first-stage width of the space (NAS-Bench-201 paper: 16)
+    cells_per_stage: int = 1            # searchable cells per stage (NAS-Bench-201 paper: 5)
+    # --- images (labels are never read) ---------------------------------------------------------------------
+    data: str = 'noise'                 # image source: cifar10 | cifar100 | imagefolder | noise
+    data_root: str | None = None        # folder or .tar.gz for imagefolder; dataset root for cifar*
+    data_split: str = 'train'           # subfolder of an imagefolder root / CIFAR split
+    download: bool = False              # allow torchvision to download CIFAR (needs internet)
+    num_images: int | None = 500        # images used (None: all); few images let the supernet memorise on CPU
+    image_size: int = 32                # images are resized to this size
+    # --- random labels --------------------------------------------------------------------------------------
+    num_classes: int = 10               # random classes (RLNAS: the dataset's class count)
+    label_mode: str = 'uniform_once'    # uniform_once | shuffle_once | uniform_per_iteration | shuffle_per_iteration
+    # --- supernet training (RLNAS paper, NAS-Bench-201: SGD 0.025 cosine, nesterov, wd 5e-4, 250 epochs) -------
+    epochs: int = 30                    # training epochs
+    batch_size: int = 64
+    learning_rate: float = 0.1          # calibration.md: lr 0.1 and no weight decay let 500 images be memorised
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 0.0
+    min_learning_rate: float = 0.001    # cosine schedule floor
+    num_workers: int = 0                # DataLoader workers
+    accelerator: str = 'auto'           # Lightning accelerator: auto | cpu | gpu
+    devices: Any = 'auto'               # Lightning devices
+    max_minutes: float | None = None    # wall-clock budget of supernet training (Lightning max_time); None: no limit
+    num_threads: int | None = None      # torch CPU threads (None: torch's default)
+    # --- scoring and selection ------------------------------------------------------------------------------
+    angle_fixed: str = 'all'            # AnglePolicy.fixed: all | none (fixed layers in the angle vector or not)
+    angle_pool: str = 'const3d'         # AnglePolicy.pool: const3d | const4d | empty
+    angle_skip: str = 'empty'           # AnglePolicy.skip: empty | identity
+    search: str = 'auto'                # auto | exhaustive | evolution
+    evolution: dict = field(default_factory=dict)  # keyword arguments of nni_labelfree.selection.evolve
+    max_flops: float | None = None      # FLOPs limit for the evolution (NNI profiler), None: no limit
+    max_params: float | None = None     # parameter limit for the evolution, None: no limit
+    # --- bookkeeping ----------------------------------------------------------------------------------------
+    seed: int = 0                       # seeds labels, weights, sampling, shuffling and the evolution
+    benchmark_table: str | None = 'builtin'  # NAS-Bench-201 accuracy table: builtin | a CSV path | None
+    output_dir: str | None = None       # where artifacts go (trials: NNI's trial output dir)
+    checkpoint_every: int = 0           # also save the supernet every N epochs (0: only initial and final)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable copy."""
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        """Write the resolved configuration as JSON."""
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + '\n')
+
+
+_CHOICES = {
+    'strategy': STRATEGIES,
+    'label_mode': ('uniform_once', 'shuffle_once', 'uniform_per_iteration', 'shuffle_per_iteration'),
+    'search': ('auto', 'exhaustive', 'evolution'),
+    'angle_fixed': ('all', 'none'),
+    'angle_pool': ('const3d', 'const4d', 'empty'),
+    'angle_skip': ('empty', 'identity'),
+}
+_POSITIVE = ('channels', 'cells_per_stage', 'image_size', 'num_classes', 'epochs', 'batch_size')
+
+
+def resolve_config(*layers: Mapping[str, Any] | None) -> SearchConfig:
+    """Merge parameter layers (later wins) onto the defaults, refusing unknown keys and invalid values."""
+    valid = {f.name for f in dataclasses.fields(SearchConfig)}
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in (layer or {}).items():
+            key = key.replace('-', '_')
+            if key not in valid:
+                close = difflib.get_close_matches(key, valid, n=1)
+                hint = f' Did you mean {close[0]!r}?' if close else ''
+                raise ValueError(f'Unknown configuration key {key!r}.{hint} Valid keys: {", ".join(sorted(valid))}.')
+            merged[key] = value
+    config = SearchConfig(**merged)
+    _validate(config)
+    return config
+
+
+def _validate(config: SearchConfig) -> None:
+    for key, allowed in _CHOICES.items():
+        if getattr(config, key) not in allowed:
+            raise ValueError(f'Configuration {key}={getattr(config, key)!r} is not one of {", ".join(allowed)}.')
+    for key in _POSITIVE:
+        value = getattr(config, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f'Configuration {key} must be a positive integer, got {value!r}.')
+    if config.num_classes < 2:
+        raise ValueError(f'Configuration num_classes must be at least 2, got {config.num_classes}.')
+    if config.learning_rate <= 0:
+        raise ValueError(f'Configuration learning_rate must be positive, got {config.learning_rate}.')
+    if not isinstance(config.evolution, dict):
+        raise ValueError(f'Configuration evolution must be a mapping of evolve() arguments, got {config.evolution!r}.')

@@ -1,0 +1,183 @@
+"""One label-free search, from a :class:`SearchConfig` to an exported architecture and its artifacts.
+
+Used by ``nni-labelfree search`` (no NNI manager) and by the nnictl trial entry point (:mod:`.trial`), which passes
+a ``reporter`` forwarding per-epoch metrics to the web UI. The strategy is driven directly
+(``mutate_model`` / ``mutate_evaluator`` / ``evaluate``) rather than through ``NasExperiment``, which must not run
+inside an nnictl trial (nni3.md, pitfall 5).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from nni_labelfree.benchmarks.nasbench201 import NB201_LABELS, arch_to_string, load_nb201_table
+from nni_labelfree.data import image_source
+from nni_labelfree.experiment.config import SearchConfig
+from nni_labelfree.experiment.evaluator import sgd_classification
+from nni_labelfree.metrics.angle import AnglePolicy
+from nni_labelfree.metrics.correlation import kendall_tau
+from nni_labelfree.search_spaces import create_space
+from nni_labelfree.strategies import RLNAS
+
+__all__ = ['run_search', 'build_images', 'SearchMetricsCallback', 'atomic_save']
+
+_logger = logging.getLogger(__name__)
+
+Reporter = Callable[[dict], None]
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename: a kill never leaves a torn checkpoint behind."""
+    tmp = path.with_name(path.name + '.tmp')
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def build_images(config: SearchConfig) -> Dataset:
+    """The configured image source (its labels, if any, are never used by the search)."""
+    return image_source(config.data, root=config.data_root, split=config.data_split, download=config.download,
+                        num_images=config.num_images, seed=config.seed, image_size=config.image_size)
+
+
+def _build_strategy(config: SearchConfig, space: torch.nn.Module) -> RLNAS:
+    constraint = None
+    if config.max_flops is not None or config.max_params is not None:
+        from nni_labelfree.selection import ProfilerConstraint
+        constraint = ProfilerConstraint(space, torch.randn(1, 3, config.image_size, config.image_size),
+                                        max_flops=config.max_flops, max_params=config.max_params)
+    policy = AnglePolicy(fixed=config.angle_fixed, pool=config.angle_pool, skip=config.angle_skip)
+    return RLNAS(num_classes=config.num_classes, label_mode=config.label_mode, seed=config.seed,
+                 angle_policy=policy, search=config.search, evolution=config.evolution, constraint=constraint)
+
+
+class SearchMetricsCallback(pl.Callback):
+    """Per-epoch metrics of an RLNAS search: random-label loss/accuracy and, with a NAS-Bench-201 table, the
+    Kendall tau of the angle ranking and the accuracy of the current top-angle cell.
+
+    Parameters
+    ----------
+    table
+        A :class:`~nni_labelfree.benchmarks.NB201Table` or None.
+    reporter
+        Called with each epoch's metric dict (e.g. ``nni.report_intermediate_result``).
+    """
+
+    def __init__(self, table=None, reporter: Reporter | None = None):
+        self.table, self.reporter = table, reporter
+        self.history: list[dict] = []
+        self._sums = np.zeros(3)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._sums[:] = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs['loss'] if isinstance(outputs, dict) else outputs
+        acc = trainer.callback_metrics.get('train_acc')
+        n = len(batch[1])
+        self._sums += (float(loss) * n, float(acc) * n if acc is not None else 0.0, n)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        metrics = {'epoch': trainer.current_epoch + 1, 'train_loss': float(self._sums[0] / max(self._sums[2], 1)),
+                   'train_acc': float(self._sums[1] / max(self._sums[2], 1))}
+        metrics.update(self.ranking_metrics(pl_module))
+        metrics['default'] = metrics.get('kendall_tau', metrics['train_acc'])
+        self.history.append(metrics)
+        _logger.info('epoch %d: %s', metrics['epoch'], {k: round(v, 4) for k, v in metrics.items()})
+        if self.reporter is not None:
+            self.reporter(metrics)
+
+    def ranking_metrics(self, pl_module) -> dict:
+        """Kendall tau of the angles of all cells vs the table, and the top-angle cell's accuracy."""
+        if self.table is None:
+            return {}
+        scorer = pl_module.angle_scorer()
+        if tuple(scorer.labels) != NB201_LABELS:
+            return {}
+        angles = scorer.angles(scorer.all_encodings())
+        truth = self.table.values('cifar10_test')
+        best = int(np.argmax(angles))
+        return {'kendall_tau': kendall_tau(angles, truth), 'top_angle_acc': float(truth[best])}
+
+
+def _trainer_kwargs(config: SearchConfig, callbacks: list) -> dict:
+    kwargs: dict[str, Any] = dict(accelerator=config.accelerator, devices=config.devices, callbacks=callbacks,
+                                  enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=0,
+                                  deterministic=False)
+    if config.max_minutes:
+        kwargs['max_time'] = timedelta(minutes=config.max_minutes)
+    return kwargs
+
+
+def run_search(config: SearchConfig, output_dir: str | Path, reporter: Reporter | None = None) -> dict:
+    """Run one search; write ``arch.json``, ``config.json``, ``metrics.json`` and supernet checkpoints.
+
+    Returns the final result dict (``default`` = the exported cell's table accuracy when a NAS-Bench-201 table is
+    available, else its angle).
+    """
+    start = time.time()
+    out = Path(output_dir)
+    (out / 'checkpoints').mkdir(parents=True, exist_ok=True)
+    config.save(out / 'config.json')
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    images = build_images(config)
+    space = create_space(config.space, channels=config.channels, cells_per_stage=config.cells_per_stage,
+                         num_classes=config.num_classes)
+    strategy = _build_strategy(config, space)
+    table = _load_table(config)
+    metrics_cb = SearchMetricsCallback(table if config.space == 'nasbench201' else None, reporter)
+    loader = DataLoader(images, batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers,
+                        drop_last=len(images) > config.batch_size)
+    evaluator = sgd_classification(
+        loader, loader, num_classes=config.num_classes, max_epochs=config.epochs,
+        learning_rate=config.learning_rate, weight_decay=config.weight_decay, momentum=config.momentum,
+        nesterov=config.nesterov, min_learning_rate=config.min_learning_rate,
+        **_trainer_kwargs(config, [metrics_cb]))
+    strategy.mutate_model(space)
+    evaluator = strategy.mutate_evaluator(evaluator)
+    module = evaluator.module
+    atomic_save(_supernet_params(space), out / 'checkpoints' / 'supernet_init.pt')
+    evaluator.evaluate(space)
+    atomic_save({'initial': module.initial_weights, 'final': _supernet_params(space)},
+                out / 'checkpoints' / 'supernet_final.pt')
+    arch = module.export()
+    result = _final_result(config, module, arch, table, metrics_cb.history, time.time() - start)
+    (out / 'metrics.json').write_text(json.dumps(metrics_cb.history, indent=2) + '\n')
+    (out / 'arch.json').write_text(json.dumps(result, indent=2) + '\n')
+    return result
+
+
+def _supernet_params(space: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in space.state_dict().items()}
+
+
+def _load_table(config: SearchConfig):
+    if config.benchmark_table in (None, '', 'none') or config.space != 'nasbench201':
+        return None
+    return load_nb201_table(None if config.benchmark_table == 'builtin' else config.benchmark_table)
+
+
+def _final_result(config: SearchConfig, module, arch: dict, table, history: list[dict], wall: float) -> dict:
+    angle = module.search_result[0][1]
+    result: dict[str, Any] = {'arch': arch, 'angle': angle, 'seed': config.seed, 'data': config.data,
+                              'wall_time': wall, 'top': [[a, s] for a, s in module.search_result[:10]]}
+    if config.space == 'nasbench201':
+        result['nb201_string'] = arch_to_string(arch)
+    if history:
+        result['train_loss'] = history[-1]['train_loss']
+        result['train_acc'] = history[-1]['train_acc']
+        if 'kendall_tau' in history[-1]:
+            result['kendall_tau'] = history[-1]['kendall_tau']
+    if table is not None:
+        result['test_acc'] = table.accuracy(arch)
+    result['default'] = result.get('test_acc', angle)
+    return result
