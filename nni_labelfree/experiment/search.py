@@ -118,7 +118,8 @@ def _trainer_kwargs(config: SearchConfig, callbacks: list) -> dict:
     return kwargs
 
 
-def run_search(config: SearchConfig, output_dir: str | Path, reporter: Reporter | None = None) -> dict:
+def run_search(config: SearchConfig, output_dir: str | Path, reporter: Reporter | None = None,
+               extra_callbacks: list | None = None) -> dict:
     """Run one search; write ``arch.json``, ``config.json``, ``metrics.json`` and supernet checkpoints.
 
     Returns the final result dict (``default`` = the exported cell's table accuracy when a NAS-Bench-201 table is
@@ -141,7 +142,7 @@ def run_search(config: SearchConfig, output_dir: str | Path, reporter: Reporter 
         loader, loader, num_classes=config.num_classes, max_epochs=config.epochs,
         learning_rate=config.learning_rate, weight_decay=config.weight_decay, momentum=config.momentum,
         nesterov=config.nesterov, min_learning_rate=config.min_learning_rate,
-        **_trainer_kwargs(config, [metrics_cb]))
+        **_trainer_kwargs(config, [metrics_cb, *(extra_callbacks or [])]))
     strategy.mutate_model(space)
     evaluator = strategy.mutate_evaluator(evaluator)
     module = evaluator.module

@@ -1,0 +1,104 @@
+"""Search quality of RLNAS on NAS-Bench-201 at a fixed CPU budget, next to the training-free rules.
+
+One run trains one supernet (data source, seed, wall-clock budget) and, after every epoch, scores all 15,625 cells
+with several angle parameterisations of the same weights. For each it records the Kendall tau against the table's
+``cifar10_test``, the tau within groups of equal size (cells with the same parameter count on valid paths), and
+the table accuracy of the top-angle cell. The training-free rules of calibration.md are computed once.
+
+    python -m bench.search_quality --data imagefolder --seed 0 --minutes 15
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from nni_labelfree.benchmarks import nasbench201 as nb
+from nni_labelfree.experiment.config import resolve_config
+from nni_labelfree.experiment.search import run_search
+from nni_labelfree.metrics.angle import AnglePolicy, angle_scorer
+from nni_labelfree.metrics.correlation import kendall_tau, tau_within_groups, top1_truth
+
+SHARED = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+POLICIES = {
+    'rlnas': AnglePolicy(),                                   # RLNAS code: fixed layers, pool [C,3,3], skip empty
+    'no_fixed': AnglePolicy(fixed='none'),                    # candidate ops only
+    'pool4d': AnglePolicy(pool='const4d'),                    # the paper text's 4-D pool tensor
+    'no_fixed_pool4d': AnglePolicy(fixed='none', pool='const4d'),
+}
+
+
+def rule_metrics(truth: np.ndarray, op_idx: np.ndarray, groups: np.ndarray) -> dict:
+    """Training-free structural rules (calibration.md) with the same statistics as the angle."""
+    rules = {'convs_on_valid_paths': nb.count_convs_on_valid_paths(op_idx),
+             'params_on_valid_paths': nb.params_on_valid_paths(op_idx),
+             'op_type_order': nb.op_type_order_score(op_idx)}
+    return {name: _stats(score, truth, groups) for name, score in rules.items()}
+
+
+def _stats(score: np.ndarray, truth: np.ndarray, groups: np.ndarray) -> dict:
+    return {'tau': kendall_tau(score, truth), 'tau_within_size': tau_within_groups(score, truth, groups),
+            'top1_acc': top1_truth(score, truth)}
+
+
+class PolicySweep(pl.Callback):
+    """After each epoch, the statistics of every policy in :data:`POLICIES` on the current supernet."""
+
+    def __init__(self, truth: np.ndarray, groups: np.ndarray):
+        self.truth, self.groups, self.epochs, self.start = truth, groups, [], time.time()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        row = {'epoch': trainer.current_epoch + 1, 'step': trainer.global_step,
+               'seconds': time.time() - self.start,
+               'train_loss': float(trainer.callback_metrics.get('train_loss', float('nan'))),
+               'train_acc': float(trainer.callback_metrics.get('train_acc', float('nan')))}
+        for name, policy in POLICIES.items():
+            scorer = angle_scorer(pl_module.model, pl_module.initial_weights, policy=policy)
+            row[name] = _stats(scorer.angles(scorer.all_encodings()), self.truth, self.groups)
+        self.epochs.append(row)
+        logging.info('epoch %d (%.0fs): loss %.3f acc %.3f tau %s', row['epoch'], row['seconds'], row['train_loss'],
+                     row['train_acc'], {n: round(row[n]['tau'], 3) for n in POLICIES})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--data', default='noise', choices=['imagefolder', 'noise'])
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--minutes', type=float, default=15.0)
+    parser.add_argument('--set', dest='set_flags', action='append', default=[], metavar='KEY=VALUE')
+    parser.add_argument('--out', default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
+    warnings.filterwarnings('ignore')
+    torch.set_num_threads(1)
+    from nni_labelfree.experiment.trial import parse_set_flags
+    overrides = {'data': args.data, 'seed': args.seed, 'max_minutes': args.minutes, 'epochs': 100000,
+                 'num_images': 500, 'channels': 16, 'cells_per_stage': 1, 'learning_rate': 0.1,
+                 'weight_decay': 0.0, 'search': 'exhaustive'}
+    if args.data == 'imagefolder':
+        overrides['data_root'] = str(SHARED / 'images' / 'cifar10_jpeg.tar.gz')
+    config = resolve_config(overrides, parse_set_flags(args.set_flags))
+    table = nb.load_nb201_table()
+    truth, op_idx = table.values('cifar10_test'), nb.all_op_indices()
+    groups = nb.params_on_valid_paths(op_idx)
+    sweep = PolicySweep(truth, groups)
+    tag = f'{args.data}_s{args.seed}'
+    out_dir = Path(args.out or f'bench/results/search_quality/{tag}')
+    result = run_search(config, out_dir, extra_callbacks=[sweep])
+    summary = {'data': args.data, 'seed': args.seed, 'minutes': args.minutes, 'config': config.to_dict(),
+               'exported': result.get('nb201_string'), 'exported_acc': result.get('test_acc'),
+               'final': sweep.epochs[-1] if sweep.epochs else None, 'epochs': sweep.epochs,
+               'rules': rule_metrics(truth, op_idx, groups)}
+    (out_dir / 'quality.json').write_text(json.dumps(summary, indent=2) + '\n')
+    print(json.dumps({k: summary[k] for k in ('data', 'seed', 'exported', 'exported_acc', 'final')}, indent=1))
+
+
+if __name__ == '__main__':
+    main()

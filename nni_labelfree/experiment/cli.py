@@ -1,0 +1,94 @@
+"""The ``nni-labelfree`` command.
+
+- ``nni-labelfree search --strategy rlnas --space nasbench201 --data noise --output runs/x``: one search without
+  nnictl; writes ``arch.json``, ``config.json``, ``metrics.json`` and ``checkpoints/`` to the output folder.
+  Every key of :class:`~nni_labelfree.experiment.config.SearchConfig` is a flag (``--num-images 500``).
+- ``nni-labelfree experiment experiment_configs/quickstart.yml [--port 8080] [--keep-ui]``: an NNI experiment with
+  the web UI, followed in the terminal, then a summary table.
+- ``nni-labelfree trial --set key=value ...``: the trial entry point nnictl runs.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import warnings
+from typing import Sequence
+
+import yaml
+
+__all__ = ['main', 'build_parser']
+
+_logger = logging.getLogger(__name__)
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    from nni_labelfree.experiment.config import SearchConfig
+    for f in dataclasses.fields(SearchConfig):
+        if f.name == 'output_dir':
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        parser.add_argument(f'--{f.name.replace("_", "-")}', dest=f.name, type=yaml.safe_load,
+                            default=argparse.SUPPRESS, help=f'(default: {default!r})')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``nni-labelfree``."""
+    parser = argparse.ArgumentParser(prog='nni-labelfree', description='Label-free NAS on NNI 3.0.')
+    sub = parser.add_subparsers(dest='command', required=True)
+    search = sub.add_parser('search', help='run one search without nnictl')
+    search.add_argument('--output', '-o', default=None, help='output folder (default: runs/<strategy>-<space>-<data>-s<seed>)')
+    _add_config_flags(search)
+    experiment = sub.add_parser('experiment', help='run an nnictl experiment with the web UI and print a summary')
+    experiment.add_argument('config', help='experiment YAML, e.g. experiment_configs/quickstart.yml')
+    experiment.add_argument('--port', type=int, default=int(os.environ.get('NNI_LABELFREE_PORT', 8080)))
+    experiment.add_argument('--keep-ui', action='store_true',
+                            default=os.environ.get('KEEP_UI', '') not in ('', '0'),
+                            help='keep the web UI up after the experiment ends (or set KEEP_UI=1)')
+    experiment.add_argument('--timeout', type=float, default=None, help='stop the experiment after this many seconds')
+    trial = sub.add_parser('trial', help='trial entry point (used by nnictl)')
+    trial.add_argument('--set', dest='set_flags', action='append', default=[], metavar='KEY=VALUE')
+    return parser
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    from nni_labelfree.experiment.config import resolve_config
+    from nni_labelfree.experiment.search import run_search
+    overrides = {k: v for k, v in vars(args).items() if k not in ('command', 'output')}
+    config = resolve_config(overrides)
+    if config.num_threads:
+        import torch
+        torch.set_num_threads(config.num_threads)
+    output = args.output or f'runs/{config.strategy}-{config.space}-{config.data}-s{config.seed}'
+    result = run_search(config, output)
+    print(f'Exported architecture: {result.get("nb201_string", result["arch"])}')
+    for key in ('angle', 'test_acc', 'kendall_tau', 'train_loss', 'wall_time'):
+        if key in result:
+            print(f'  {key}: {result[key]:.4f}' if isinstance(result[key], float) else f'  {key}: {result[key]}')
+    print(f'Artifacts in {output}/ (arch.json, config.json, metrics.json, checkpoints/)')
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``nni-labelfree`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='[%(asctime)s] %(levelname)s %(name)s: %(message)s')
+    warnings.filterwarnings('ignore', message=r'.*is found to be not a nn\.Module')
+    try:
+        if args.command == 'search':
+            return _run_search(args)
+        if args.command == 'experiment':
+            from nni_labelfree.experiment.launcher import run_experiment
+            rows = run_experiment(args.config, port=args.port, keep_ui=args.keep_ui, timeout=args.timeout)
+            return 0 if rows and all(r['status'] == 'SUCCEEDED' for r in rows) else 1
+        from nni_labelfree.experiment.trial import main as trial_main
+        return trial_main([f'--set={pair}' for pair in args.set_flags])
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        print(f'nni-labelfree: error: {err}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())
