@@ -28,6 +28,7 @@ from torch import nn
 
 from nni.mutable import label_scope
 from nni.nas.nn.pytorch import LayerChoice, ModelSpace
+from nni.nas.profiler.pytorch.utils.shape_formula import keep_shape_formula, register_shape_inference_formula
 
 from nni_labelfree.benchmarks.nasbench201 import NB201_EDGES, NB201_OPS
 
@@ -75,6 +76,10 @@ class Zero(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mul(0.)
+
+
+# NNI's FLOPs/params profiler needs to know that `none` keeps its input's shape.
+register_shape_inference_formula(Zero, keep_shape_formula)
 
 
 class ReLUConvBN(nn.Sequential):

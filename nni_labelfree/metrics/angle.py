@@ -220,7 +220,9 @@ class _AngleScorer:
         for which, params in (('initial', self._initial), ('trained', self._trained)):
             parts = [params[n].double().flatten() for n in self._fixed_vector()]
             parts += [t.double().flatten() for m, v in pieces for t in self._candidate_vector(m, v, which)]
-            vectors.append(torch.cat(parts) if parts else torch.zeros(1, dtype=torch.float64))
+            vectors.append(torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64))
+        if vectors[0].numel() == 0:
+            return 0.0  # nothing that could rotate: same convention as the decomposed form
         cosine = torch.nn.functional.cosine_similarity(vectors[0], vectors[1], dim=0, eps=1e-300)
         return float(torch.acos(cosine.clamp(-1.0, 1.0)))
 

@@ -1,0 +1,17 @@
+"""Shared fixtures: the test-data folder and tiny spaces."""
+import warnings
+from pathlib import Path
+
+import pytest
+
+warnings.filterwarnings('ignore', message=r'.*is found to be not a nn\.Module')
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data, or a skip saying why the test cannot run."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f'test data folder {SHARED_DATA} is absent (it ships beside the repository)')
+    return SHARED_DATA

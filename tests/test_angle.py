@@ -1,0 +1,135 @@
+"""The decomposed angle equals the naive concatenated-vector definition, and ranks NAS-Bench-201 fully."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace
+from nni.nas.oneshot.pytorch.strategy import RandomOneShot
+
+from nni_labelfree.benchmarks.nasbench201 import NB201_LABELS, all_op_indices, arch_to_string
+from nni_labelfree.metrics.angle import (AnglePolicy, ChoiceAngleScorer, PathAngleScorer, angle_scorer,
+                                         parameter_snapshot)
+from nni_labelfree.search_spaces import NasBench201Space
+
+POLICIES = [AnglePolicy(), AnglePolicy(fixed='none'), AnglePolicy(pool='const4d', skip='identity'),
+            AnglePolicy(fixed='none', pool='empty', skip='identity')]
+
+
+def _perturbed_supernet(space, seed=0):
+    torch.manual_seed(seed)
+    RandomOneShot().mutate_model(space)
+    initial = parameter_snapshot(space)
+    with torch.no_grad():
+        for p in space.parameters():
+            p.mul_(0.8).add_(0.3 * torch.randn_like(p))
+    return space, initial
+
+
+@pytest.fixture(scope='module')
+def nb201():
+    return _perturbed_supernet(NasBench201Space(channels=4, cells_per_stage=2))
+
+
+def _cos(angle):
+    return np.cos(angle)
+
+
+@pytest.mark.parametrize('policy', POLICIES, ids=lambda p: f'{p.fixed}-{p.pool}-{p.skip}')
+def test_path_angle_matches_naive_definition(nb201, policy):
+    space, initial = nb201
+    scorer = angle_scorer(space, initial, policy=policy)
+    assert isinstance(scorer, PathAngleScorer)
+    encoded = scorer.all_encodings()
+    angles = scorer.angles(encoded)
+    for row in np.random.default_rng(0).choice(len(encoded), 60, replace=False):
+        arch = scorer.decode(encoded[row])
+        # Compare cosines: arccos is ill-conditioned near 0, where identical vectors land.
+        assert _cos(angles[row]) == pytest.approx(_cos(scorer.naive_angle(arch)), abs=1e-10), arch
+
+
+def test_path_angle_rlnas_conventions(nb201):
+    space, initial = nb201
+    scorer = angle_scorer(space, initial)
+    angles = scorer.angles(all_op_indices())
+    disconnected = ~_has_valid_path(all_op_indices())
+    assert disconnected.sum() == 341  # cells with no none-free input->output path
+    assert np.all(angles[disconnected] == 0.0)
+    assert np.all(angles[~disconnected] > 0.0)
+    # skip is empty in RLNAS's NAS-Bench-201 vector: replacing a skip edge off every path by none changes nothing.
+    base = {label: 'nor_conv_3x3' for label in NB201_LABELS}
+    assert scorer.angle(base) > 0
+
+
+def _has_valid_path(op_idx):
+    from nni_labelfree.benchmarks.nasbench201 import valid_path_mask
+    return valid_path_mask(op_idx).any(axis=1)
+
+
+def test_encoding_order_is_the_benchmark_order(nb201):
+    space, initial = nb201
+    scorer = angle_scorer(space, initial)
+    assert tuple(scorer.labels) == NB201_LABELS
+    assert np.array_equal(scorer.all_encodings(), all_op_indices())
+    encoded = scorer.all_encodings()
+    strings = {arch_to_string(scorer.decode(row)) for row in encoded}
+    assert len(strings) == 15625
+
+
+def test_untrained_supernet_has_zero_angles():
+    space = NasBench201Space(channels=8, cells_per_stage=1)
+    RandomOneShot().mutate_model(space)
+    initial = parameter_snapshot(space)
+    angles = angle_scorer(space, initial).angles(all_op_indices())
+    assert np.allclose(angles, 0.0, atol=1e-6)
+
+
+class TinySpace(ModelSpace):
+    """A chain space with a shared label, an InputChoice and a parameter-free candidate."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = LayerChoice({'k3': nn.Conv2d(3, 4, 3, padding=1), 'k5': nn.Conv2d(3, 4, 5, padding=2)},
+                                 label='first')
+        self.conv2 = LayerChoice({'k1': nn.Conv2d(4, 4, 1), 'pool': nn.AvgPool2d(3, 1, 1),
+                                  'skip': nn.Identity()}, label='second')
+        self.conv3 = LayerChoice({'k1': nn.Conv2d(4, 4, 1), 'pool': nn.AvgPool2d(3, 1, 1),
+                                  'skip': nn.Identity()}, label='second')
+        self.pick = InputChoice(2, 1, label='pick')
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        a = self.conv1(x)
+        b = self.conv3(self.conv2(a))
+        return self.head(self.pick([a, b]).mean((2, 3)))
+
+
+@pytest.mark.parametrize('policy', POLICIES, ids=lambda p: f'{p.fixed}-{p.pool}-{p.skip}')
+def test_choice_angle_matches_naive_definition(policy):
+    space, initial = _perturbed_supernet(TinySpace(), seed=1)
+    scorer = angle_scorer(space, initial, policy=policy)
+    assert isinstance(scorer, ChoiceAngleScorer)
+    assert scorer.choices == {'first': ['k3', 'k5'], 'second': ['k1', 'pool', 'skip']}
+    encoded = scorer.all_encodings()
+    angles = scorer.angles(encoded)
+    for row, angle in zip(encoded, angles):
+        arch = scorer.decode(row)
+        assert _cos(angle) == pytest.approx(_cos(scorer.naive_angle(arch)), abs=1e-10)
+    assert len(set(np.round(angles, 12))) > 1
+
+
+def test_path_aware_requires_cell_dags():
+    space, initial = _perturbed_supernet(TinySpace())
+    with pytest.raises(ValueError, match='cell_dags'):
+        angle_scorer(space, initial, path_aware=True)
+
+
+def test_bad_policy_and_snapshot_are_refused():
+    with pytest.raises(ValueError, match='pool'):
+        AnglePolicy(pool='3d')
+    space, initial = _perturbed_supernet(TinySpace())
+    with pytest.raises(ValueError, match='initial snapshot lacks'):
+        ChoiceAngleScorer(space, {k: v for k, v in list(initial.items())[1:]})
+    scorer = ChoiceAngleScorer(space, initial)
+    with pytest.raises(ValueError, match='does not fit this space'):
+        scorer.angle({'first': 'k7', 'second': 'k1'})
