@@ -31,7 +31,7 @@ from nni.nas.oneshot.pytorch.strategy import RandomOneShot
 from nni.nas.space import RawFormatModelSpace
 
 from nni_labelfree.data import RandomLabelDataset
-from nni_labelfree.metrics.angle import AnglePolicy, angle_scorer, parameter_snapshot
+from nni_labelfree.metrics.angle import AnglePolicy, angle_scorer, parameter_snapshot, plain_architecture
 from nni_labelfree.selection import evolve
 
 __all__ = ['RLNAS', 'RLNASModule']
@@ -239,7 +239,7 @@ class RLNAS(RandomOneShot):
             return [(scorer.decode(encoded[i]), float(angles[i])) for i in order]
         kwargs = {'seed': self.seed, **self.evolution}
         result = evolve(scorer.choices, scorer.angle, constraint=self.constraint, **kwargs)
-        return [(dict(arch), float(fitness)) for arch, fitness in result.ranked[:self.top_k]]
+        return [(plain_architecture(arch), float(fitness)) for arch, fitness in result.ranked[:self.top_k]]
 
     def list_models(self, sort: bool = True, limit: int | None = 1) -> Iterator[RawFormatModelSpace]:
         """The ``limit`` architectures with the largest angles, best first, as frozen models."""

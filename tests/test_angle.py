@@ -109,7 +109,7 @@ def test_choice_angle_matches_naive_definition(policy):
     space, initial = _perturbed_supernet(TinySpace(), seed=1)
     scorer = angle_scorer(space, initial, policy=policy)
     assert isinstance(scorer, ChoiceAngleScorer)
-    assert scorer.choices == {'first': ['k3', 'k5'], 'second': ['k1', 'pool', 'skip']}
+    assert scorer.choices == {'first': ['k3', 'k5'], 'second': ['k1', 'pool', 'skip'], 'pick': [(0,), (1,)]}
     encoded = scorer.all_encodings()
     angles = scorer.angles(encoded)
     for row, angle in zip(encoded, angles):

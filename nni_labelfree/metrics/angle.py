@@ -27,15 +27,16 @@ import itertools
 import logging
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from nni.mutable import Categorical, CategoricalMultiple
 from nni.nas.nn.pytorch import LayerChoice
 
-__all__ = ['AnglePolicy', 'ChoiceAngleScorer', 'PathAngleScorer', 'angle_scorer', 'parameter_snapshot']
+__all__ = ['plain_architecture', 'AnglePolicy', 'ChoiceAngleScorer', 'PathAngleScorer', 'angle_scorer', 'parameter_snapshot']
 
 _logger = logging.getLogger(__name__)
 
@@ -81,6 +82,15 @@ def _pair_stats(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> np.ndarra
         a64, b64 = a.double().flatten(), b.double().flatten()
         out += (float(a64 @ b64), float(a64 @ a64), float(b64 @ b64))
     return out
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _plain(value: Any) -> Any:
+    """The form NNI's ``freeze`` expects: lists for multi-choices."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _op_kind(name: str, module: nn.Module) -> str:
@@ -133,8 +143,25 @@ class _AngleScorer:
         self.choices: dict[str, list[str]] = {}
         for module in self.choice_modules.values():
             self.choices.setdefault(module.label, list(module.names))
+        self._add_parameter_free_choices(model)
         self.labels = list(self.choices)
         self._fixed = self._fixed_stats() if policy.fixed == 'all' else np.zeros(3)
+
+    def _add_parameter_free_choices(self, model: nn.Module) -> None:
+        """Choices outside any LayerChoice (e.g. InputChoice) belong to the architecture but not to the vector."""
+        if not callable(getattr(model, 'simplify', None)):
+            return
+        for label, mutable in model.simplify().items():
+            if label in self.choices:
+                continue
+            if isinstance(mutable, Categorical):
+                self.choices[label] = list(mutable.values)
+            elif isinstance(mutable, CategoricalMultiple) and mutable.n_chosen is not None:
+                # Multi-choices (InputChoice) as tuples, so architectures stay hashable; decode() gives lists.
+                self.choices[label] = list(itertools.combinations(mutable.values, mutable.n_chosen))
+            else:
+                raise ValueError(f'Choice {label!r} ({type(mutable).__name__}) cannot be enumerated for the angle; '
+                                 'use LayerChoice, Categorical, or InputChoice with a fixed n_chosen.')
 
     # -- pieces -------------------------------------------------------------------------------------------------
     def _params_under(self, prefix: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -163,7 +190,7 @@ class _AngleScorer:
         rows = []
         for arch in archs:
             try:
-                rows.append([self.choices[label].index(arch[label]) for label in self.labels])
+                rows.append([self.choices[label].index(_hashable(arch[label])) for label in self.labels])
             except (KeyError, ValueError) as err:
                 raise ValueError(f'Architecture {dict(arch)} does not fit this space ({err}); expected a value for '
                                  f'each of {self.labels} from {self.choices}.') from None
@@ -171,7 +198,7 @@ class _AngleScorer:
 
     def decode(self, index_row: Sequence[int]) -> dict[str, str]:
         """One row of :meth:`encode` back to an architecture dict."""
-        return {label: self.choices[label][int(i)] for label, i in zip(self.labels, index_row)}
+        return {label: _plain(self.choices[label][int(i)]) for label, i in zip(self.labels, index_row)}
 
     def all_encodings(self, limit: int = 2_000_000) -> np.ndarray:
         """Every architecture of the space (product of choices), refusing spaces larger than ``limit``."""
@@ -325,3 +352,8 @@ def angle_scorer(model: nn.Module, initial: Mapping[str, torch.Tensor],
     if has_dags and path_aware is not False:
         return PathAngleScorer(model, initial, model.cell_dags(), trained, policy)
     return ChoiceAngleScorer(model, initial, trained, policy)
+
+
+def plain_architecture(arch: Mapping[str, Any]) -> dict[str, Any]:
+    """An architecture whose multi-choice values (tuples while searching) are lists again, as NNI expects."""
+    return {label: _plain(value) for label, value in arch.items()}
