@@ -32,6 +32,8 @@ POLICIES = {
     'no_fixed': AnglePolicy(fixed='none'),                    # candidate ops only
     'pool4d': AnglePolicy(pool='const4d'),                    # the paper text's 4-D pool tensor
     'no_fixed_pool4d': AnglePolicy(fixed='none', pool='const4d'),
+    'skip_identity': AnglePolicy(skip='identity'),            # RLNAS's DARTS/MobileNet skip, eye(C)
+    'no_fixed_skip_identity': AnglePolicy(fixed='none', skip='identity'),
 }
 
 
@@ -73,6 +75,7 @@ def main() -> None:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--minutes', type=float, default=15.0)
     parser.add_argument('--set', dest='set_flags', action='append', default=[], metavar='KEY=VALUE')
+    parser.add_argument('--num-images', type=int, default=500)
     parser.add_argument('--out', default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
@@ -80,7 +83,7 @@ def main() -> None:
     torch.set_num_threads(1)
     from nni_labelfree.experiment.trial import parse_set_flags
     overrides = {'data': args.data, 'seed': args.seed, 'max_minutes': args.minutes, 'epochs': 100000,
-                 'num_images': 500, 'channels': 16, 'cells_per_stage': 1, 'learning_rate': 0.1,
+                 'num_images': args.num_images, 'channels': 16, 'cells_per_stage': 1, 'learning_rate': 0.1,
                  'weight_decay': 0.0, 'search': 'exhaustive'}
     if args.data == 'imagefolder':
         overrides['data_root'] = str(SHARED / 'images' / 'cifar10_jpeg.tar.gz')

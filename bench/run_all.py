@@ -1,0 +1,85 @@
+"""``make bench``: every benchmark, results as JSON in bench/results/ and a Markdown summary for the README.
+
+    python -m bench.run_all                 # all (search quality: 2 data x 3 seeds x 15 min, two at a time)
+    BENCH_QUALITY_MINUTES=2 python -m bench.run_all   # a quick pass
+    BENCH_SKIP_QUALITY=1 python -m bench.run_all      # speed benchmarks only
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / 'results'
+
+
+def _run(module: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, '-m', f'bench.{module}', *args], cwd=RESULTS.parents[1])
+
+
+def speed_benchmarks() -> None:
+    for module, args in (('angle_speed', ['--channels', '16', '--cells', '5']),
+                         ('step_time', ['--channels', '16', '--cells', '1', '--steps', '20', '--rounds', '5'])):
+        if _run(module, *args, '--out', str(RESULTS / f'{module}.json')).wait() != 0:
+            raise SystemExit(f'benchmark {module} failed')
+
+
+def quality_benchmarks(minutes: float, seeds=(0, 1, 2), parallel: int = 2) -> None:
+    jobs = [(data, seed) for data in ('imagefolder', 'noise') for seed in seeds]
+    running: list[subprocess.Popen] = []
+    for data, seed in jobs:
+        if len(running) >= parallel:
+            running.pop(0).wait()
+        running.append(_run('search_quality', '--data', data, '--seed', str(seed), '--minutes', str(minutes),
+                            '--out', str(RESULTS / 'search_quality' / f'{data}_s{seed}')))
+    for job in running:
+        job.wait()
+
+
+def quality_table() -> str:
+    """Median (min..max) over seeds of each policy's statistics and the training-free rules, per data source."""
+    lines = ['| data | scorer | Kendall tau | tau within equal size | top-1 cell acc | final random-label loss |',
+             '|---|---|---|---|---|---|']
+    for data in ('imagefolder', 'noise'):
+        runs = [json.loads(p.read_text()) for p in sorted((RESULTS / 'search_quality').glob(f'{data}_s*/quality.json'))]
+        if not runs:
+            continue
+        loss = _spread([r['final']['train_loss'] for r in runs])
+        for policy in runs[0]['final']:
+            if isinstance(runs[0]['final'][policy], dict):
+                stats = [r['final'][policy] for r in runs]
+                lines.append(f'| {data} ({len(runs)} seeds, {runs[0]["minutes"]:g} min) | angle: {policy} | '
+                             f'{_spread([s["tau"] for s in stats])} | {_spread([s["tau_within_size"] for s in stats])} | '
+                             f'{_spread([s["top1_acc"] for s in stats], 2)} | {loss} |')
+    rules = json.loads(next((RESULTS / 'search_quality').glob('*/quality.json')).read_text())['rules']
+    for name, stats in rules.items():
+        lines.append(f'| - | rule: {name} | {stats["tau"]:.3f} | {stats["tau_within_size"]:.3f} | '
+                     f'{stats["top1_acc"]:.2f} | - |')
+    return '\n'.join(lines)
+
+
+def _spread(values, digits: int = 3) -> str:
+    return f'{statistics.median(values):.{digits}f} ({min(values):.{digits}f}..{max(values):.{digits}f})'
+
+
+def main() -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    speed_benchmarks()
+    if not os.environ.get('BENCH_SKIP_QUALITY'):
+        quality_benchmarks(float(os.environ.get('BENCH_QUALITY_MINUTES', 15)))
+    summary = []
+    for name in ('angle_speed', 'step_time'):
+        path = RESULTS / f'{name}.json'
+        if path.exists():
+            summary.append(f'### {name}\n```json\n{path.read_text().strip()}\n```')
+    if (RESULTS / 'search_quality').exists():
+        summary.append('### search quality\n' + quality_table())
+    (RESULTS / 'summary.md').write_text('\n\n'.join(summary) + '\n')
+    print((RESULTS / 'summary.md').read_text())
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,75 @@
+"""RLNAS supernet step time vs NNI's RandomOneShot on the same space, data and batch, measured alternately.
+
+Each round trains a fresh supernet for ``--steps`` steps through the same Lightning ``Trainer`` settings, once with
+NNI's ``RandomOneShot`` (true labels) and once with ``RLNAS`` (random labels, seeded sampling); the per-step time is
+the fit's wall time divided by the steps, after one warm-up round each. Reported: median per-step times and their
+ratio (target <= 1.05).
+
+    python -m bench.step_time --channels 16 --cells 5 --steps 20 --rounds 5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import warnings
+
+import torch
+from torch.utils.data import TensorDataset
+
+from nni.nas.evaluator.pytorch import Classification, DataLoader
+from nni.nas.oneshot.pytorch.strategy import RandomOneShot
+
+from nni_labelfree.search_spaces import NasBench201Space
+from nni_labelfree.strategies import RLNAS
+
+
+def _fit_seconds(strategy, args, dataset) -> float:
+    torch.manual_seed(0)
+    space = NasBench201Space(channels=args.channels, cells_per_stage=args.cells)
+    loader = DataLoader(dataset, batch_size=args.batch, shuffle=True, drop_last=True)
+    evaluator = Classification(train_dataloaders=loader, val_dataloaders=loader, num_classes=10, max_epochs=1,
+                               limit_train_batches=args.steps, limit_val_batches=0, num_sanity_val_steps=0,
+                               enable_progress_bar=False, logger=False, enable_checkpointing=False,
+                               enable_model_summary=False, accelerator='cpu')
+    strategy.mutate_model(space)
+    lightning = strategy.mutate_evaluator(evaluator)
+    start = time.perf_counter()
+    lightning.evaluate(space)
+    return (time.perf_counter() - start) / args.steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--channels', type=int, default=16)
+    parser.add_argument('--cells', type=int, default=5)
+    parser.add_argument('--batch', type=int, default=64)
+    parser.add_argument('--steps', type=int, default=20)
+    parser.add_argument('--rounds', type=int, default=5)
+    parser.add_argument('--out', default=None)
+    args = parser.parse_args()
+    warnings.filterwarnings('ignore')
+    g = torch.Generator().manual_seed(0)
+    n = args.batch * args.steps
+    dataset = TensorDataset(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g))
+    times: dict[str, list[float]] = {'RandomOneShot': [], 'RLNAS': []}
+    for round_index in range(args.rounds + 1):  # round 0 warms up
+        for name, make in (('RandomOneShot', RandomOneShot), ('RLNAS', lambda: RLNAS(seed=round_index))):
+            seconds = _fit_seconds(make(), args, dataset)
+            if round_index > 0:
+                times[name].append(seconds)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    result = {'space': f'nasbench201 C={args.channels} N={args.cells}', 'batch': args.batch, 'steps': args.steps,
+              'rounds': args.rounds, 'threads': torch.get_num_threads(),
+              'step_seconds_median': medians, 'step_seconds_all': times,
+              'ratio_rlnas_over_random_one_shot': medians['RLNAS'] / medians['RandomOneShot']}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, 'w') as handle:
+            handle.write(text + '\n')
+
+
+if __name__ == '__main__':
+    main()
