@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--minutes', type=float, default=15.0)
     parser.add_argument('--set', dest='set_flags', action='append', default=[], metavar='KEY=VALUE')
-    parser.add_argument('--num-images', type=int, default=500)
+    parser.add_argument('--num-images', type=int, default=200)
     parser.add_argument('--out', default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')

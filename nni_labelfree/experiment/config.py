@@ -34,7 +34,7 @@ class SearchConfig:
     data_root: str | None = None        # folder or .tar.gz for imagefolder; dataset root for cifar*
     data_split: str = 'train'           # subfolder of an imagefolder root / CIFAR split
     download: bool = False              # allow torchvision to download CIFAR (needs internet)
-    num_images: int | None = 500        # images used (None: all); few images let the supernet memorise on CPU
+    num_images: int | None = 200        # images used (None: all); few images let the supernet memorise on CPU
     image_size: int = 32                # images are resized to this size
     # --- random labels --------------------------------------------------------------------------------------
     num_classes: int = 10               # random classes (RLNAS: the dataset's class count)
