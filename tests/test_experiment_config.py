@@ -143,11 +143,6 @@ def test_evolution_must_be_a_mapping(value):
         resolve_config({'evolution': value})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'BUG config.py _validate: float keys are never type-checked. learning_rate="abc" raises TypeError '
-    "(\"'<=' not supported between instances of 'str' and 'int'\", no key named); max_flops/max_params/"
-    'weight_decay/momentum/min_learning_rate/max_minutes="abc" are accepted and fail later deep in the search '
-    '(e.g. "could not convert string to float: \'abc\'"). Expected: ValueError naming the key.'))
 @pytest.mark.parametrize('key', ['learning_rate', 'weight_decay', 'momentum', 'min_learning_rate', 'max_flops',
                                  'max_params', 'max_minutes'])
 def test_non_numeric_float_values_are_refused_naming_the_key(key):
@@ -155,10 +150,6 @@ def test_non_numeric_float_values_are_refused_naming_the_key(key):
         resolve_config({key: 'abc'})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'BUG config.py _validate: seed, weight_decay and num_workers are not range-checked. seed=-1 is accepted and '
-    'the search later fails with numpy\'s "-1 is not in bounds, numpy accepts from 0 to 4294967295" (no key '
-    'named); weight_decay=-1 and num_workers=-1 also pass resolve_config. Expected: ValueError naming the key.'))
 @pytest.mark.parametrize('key', ['seed', 'weight_decay', 'num_workers'])
 def test_negative_values_are_refused_naming_the_key(key):
     with pytest.raises(ValueError, match=key):
@@ -213,11 +204,6 @@ def test_parsed_set_flags_resolve():
     assert (config.epochs, config.num_images, config.nesterov, config.learning_rate) == (2, None, False, 0.05)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'BUG trial.py parse_set_flags (and cli.py flags, type=yaml.safe_load): PyYAML follows YAML 1.1, where a float '
-    'needs a dot and a signed exponent, so "5e-4" and "1e-3" parse as the STRINGS \'5e-4\'/\'1e-3\'. '
-    '`--set weight_decay=5e-4` then passes resolve_config and breaks the optimiser; `--set learning_rate=1e-3` '
-    'gives a TypeError. Expected: floats.'))
 @pytest.mark.parametrize('pair, expected', [('weight_decay=5e-4', 5e-4), ('learning_rate=1e-3', 1e-3),
                                             ('max_flops=2e6', 2e6)])
 def test_scientific_notation_parses_as_float(pair, expected):

@@ -155,11 +155,6 @@ def test_a_missing_config_is_reported(tmp_path):
         load_experiment_config(tmp_path / 'missing.yml')
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'BUG launcher.py load_experiment_config: NNI\'s ConfigBase.load sets a module-global base path '
-    '(nni/experiment/config/base.py:144) and only unsets it on success; after one rejected YAML every later '
-    'load_experiment_config in the same process fails with a bare AssertionError (utils/internal.py:55). '
-    'load_experiment_config should call nni.experiment.config.utils.unset_base_path() when the load fails.'))
 def test_a_rejected_config_does_not_break_later_loads(tmp_path):
     bad, good = tmp_path / 'bad.yml', tmp_path / 'good.yml'
     bad.write_text(_VALID_YAML.replace('tuner:', 'tunerr:'))

@@ -228,10 +228,6 @@ def test_bad_key_trial_fails_with_a_clear_message(bad_key_run):
     assert not (bad_key_run['trial_dir'] / 'arch.json').exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'BUG trial.py main(): the failure message is only print()ed to stderr, which NNI 3.0 writes to trial.stderr; '
-    'trial.log (NNI\'s logging file, which the module docstring promises "ends with the reason") ends with NNI\'s '
-    '"Connect to trial command channel" line. Fix: also _logger.error(...) the message.'))
 def test_bad_key_trial_log_ends_with_the_reason(bad_key_run):
     assert bad_key_run['trial_dir'] is not None
     assert UNKNOWN_KEY_MESSAGE in _last_line(bad_key_run['trial_dir'] / 'trial.log')
@@ -250,11 +246,6 @@ def test_a_port_with_a_listening_server_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / 'experiments').exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'BUG launcher.py _check_port_free: it probes with connect_ex, so a port that is bound but not accepting '
-    'connections passes; NNI\'s manager then dies with EADDRINUSE (a Node stack trace) and run_experiment raises '
-    'requests.ConnectionError "Max retries exceeded with url: /api/v1/nni/check-status" (not caught by the CLI). '
-    'Fix: try to bind() the port (IPv4 and IPv6 wildcard) instead of connecting.'))
 def test_a_bound_port_is_refused(tmp_path, monkeypatch):
     config_path = write_config(tmp_path, TINY_FLAGS, seeds=[0])
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock, experiment_guard(monkeypatch):
@@ -323,14 +314,6 @@ def test_summarize_trials_rows():
     assert rows[1]['status'] == 'FAILED' and rows[1]['arch'] == '' and rows[1]['seed'] == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'BUG launcher.py summarize_trials: data/seed come from job.hyperParameters (what the manager recorded), not '
-    'from the trial\'s own FINAL result. (a) Keys set with --set (rlnas_nasbench201.yml sets data=cifar10) leave the '
-    'data column empty although the FINAL metric carries data. (b) NNI 3.0\'s v3 compat layer '
-    '(nni_node/training_service/v3/compat.js:198) hands queued parameters to whichever trial asks first, so with '
-    'trialConcurrency 2 a trial recorded with seed 0 may run seed 1 (seen in this suite\'s real runs: metrics '
-    'parameterId differs from hyperParameters.parameter_id); the row then pairs seed 0 with seed 1\'s arch. '
-    'Fix: prefer final["seed"]/final["data"] when present.'))
 def test_summary_takes_data_and_seed_from_what_the_trial_ran():
     experiment = FakeExperiment(jobs=[_job('aaaaa', 'SUCCEEDED', {'seed': 1}, 1)],
                                 metrics=[_metric('aaaaa', 'FINAL', FINAL_0, 0)])
@@ -355,11 +338,6 @@ def test_run_experiment_writes_the_summary_and_stops(tmp_path, monkeypatch):
     assert os.environ['PATH'].split(os.pathsep)[0] == str(VENV_BIN)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'BUG launcher.py run_experiment: the summary folder is Path(config.experiment_working_directory), the raw '
-    'YAML value, so a relative experimentWorkingDirectory is taken relative to the current directory, while NNI '
-    'resolves it against the YAML file (config.canonical_copy()) and keeps the experiment there. '
-    'Fix: use config.canonical_copy().experiment_working_directory.'))
 def test_relative_working_directory_summary_lands_next_to_the_experiment(tmp_path, monkeypatch):
     monkeypatch.setattr(nni.experiment, 'Experiment', FakeExperiment)
     monkeypatch.setenv('PATH', os.environ.get('PATH', ''))

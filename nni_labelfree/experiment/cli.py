@@ -17,20 +17,18 @@ import sys
 import warnings
 from typing import Sequence
 
-import yaml
-
 __all__ = ['main', 'build_parser']
 
 _logger = logging.getLogger(__name__)
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    from nni_labelfree.experiment.config import SearchConfig
+    from nni_labelfree.experiment.config import SearchConfig, parse_value
     for f in dataclasses.fields(SearchConfig):
         if f.name == 'output_dir':
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        parser.add_argument(f'--{f.name.replace("_", "-")}', dest=f.name, type=yaml.safe_load,
+        parser.add_argument(f'--{f.name.replace("_", "-")}', dest=f.name, type=parse_value,
                             default=argparse.SUPPRESS, help=f'(default: {default!r})')
 
 
@@ -62,6 +60,7 @@ def _run_search(args: argparse.Namespace) -> int:
         import torch
         torch.set_num_threads(config.num_threads)
     output = args.output or f'runs/{config.strategy}-{config.space}-{config.data}-s{config.seed}'
+    config.output_dir = output
     result = run_search(config, output)
     print(f'Exported architecture: {result.get("nb201_string", result["arch"])}')
     for key in ('angle', 'test_acc', 'kendall_tau', 'train_loss', 'wall_time'):

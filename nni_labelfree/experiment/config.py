@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ['SearchConfig', 'resolve_config', 'STRATEGIES']
+__all__ = ['SearchConfig', 'resolve_config', 'parse_value', 'STRATEGIES']
 
 _logger = logging.getLogger(__name__)
 
@@ -84,6 +84,23 @@ _CHOICES = {
     'angle_skip': ('empty', 'identity'),
 }
 _POSITIVE = ('channels', 'cells_per_stage', 'image_size', 'num_classes', 'epochs', 'batch_size')
+_NON_NEGATIVE_INTS = ('seed', 'num_workers', 'checkpoint_every')
+# Float keys: (name, may be None, must be > 0 rather than >= 0).
+_FLOATS = (('learning_rate', False, True), ('momentum', False, False), ('weight_decay', False, False),
+           ('min_learning_rate', False, False), ('max_minutes', True, True), ('max_flops', True, True),
+           ('max_params', True, True))
+
+
+def parse_value(text: str) -> Any:
+    """A flag value as YAML would read it, plus numbers YAML 1.1 leaves as strings (``5e-4``, ``1e3``)."""
+    import yaml
+    value = yaml.safe_load(text) if text != '' else None
+    if isinstance(value, str) and not text.strip().startswith(('"', "'")):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def resolve_config(*layers: Mapping[str, Any] | None) -> SearchConfig:
@@ -111,9 +128,34 @@ def _validate(config: SearchConfig) -> None:
         value = getattr(config, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f'Configuration {key} must be a positive integer, got {value!r}.')
+    for key in _NON_NEGATIVE_INTS:
+        value = getattr(config, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f'Configuration {key} must be a non-negative integer, got {value!r}.')
+    for key, optional, positive in _FLOATS:
+        _check_number(key, getattr(config, key), optional, positive)
     if config.num_classes < 2:
         raise ValueError(f'Configuration num_classes must be at least 2, got {config.num_classes}.')
-    if config.learning_rate <= 0:
-        raise ValueError(f'Configuration learning_rate must be positive, got {config.learning_rate}.')
+    _check_registered_names(config)
     if not isinstance(config.evolution, dict):
         raise ValueError(f'Configuration evolution must be a mapping of evolve() arguments, got {config.evolution!r}.')
+
+
+def _check_number(key: str, value: Any, optional: bool, positive: bool) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f'Configuration {key} must be a number{" or null" if optional else ""}, got {value!r}.')
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f'Configuration {key} must be {"positive" if positive else "non-negative"}, got {value!r}.')
+
+
+def _check_registered_names(config: SearchConfig) -> None:
+    """Unknown space or data names fail here, before anything is written or trained."""
+    from nni_labelfree.data import list_image_sources
+    from nni_labelfree.search_spaces import list_spaces
+    if config.space not in list_spaces():
+        raise ValueError(f'Unknown search space {config.space!r}. Available spaces: {", ".join(list_spaces())}.')
+    if config.data not in list_image_sources():
+        raise ValueError(f'Unknown data source {config.data!r}. Available sources: '
+                         f'{", ".join(list_image_sources())}.')

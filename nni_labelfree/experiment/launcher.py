@@ -43,15 +43,20 @@ def load_experiment_config(path: str | Path):
         config = ExperimentConfig.load(str(path))
         config.validate()
     except (AttributeError, TypeError, ValueError) as err:
+        # NNI's loader leaves its global base path set when it fails; clear it so later loads work.
+        from nni.experiment.config.utils import unset_base_path
+        unset_base_path()
         raise ValueError(f'{path} is not a valid NNI experiment config: {err}') from None
     return config
 
 
 def _check_port_free(port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        if sock.connect_ex(('127.0.0.1', port)) == 0:
+        try:
+            sock.bind(('', port))  # binding, not connecting: a bound but idle port is taken too
+        except OSError:
             raise ValueError(f'Port {port} is in use (another NNI experiment?). Choose another with --port, or stop '
-                             f'the other experiment (nnictl stop --all).')
+                             f'the other experiment (nnictl stop --all).') from None
 
 
 def _set_flag(command: str, key: str) -> str | None:
@@ -91,8 +96,9 @@ def summarize_trials(experiment) -> list[dict[str, Any]]:
     for job in sorted(experiment.list_trial_jobs(), key=lambda j: j.trialJobId):
         params = job.hyperParameters[0].parameters if job.hyperParameters else {}
         final = _final_metric(all_metrics.get(job.trialJobId, []))
-        rows.append({'trial': job.trialJobId, 'status': job.status, 'data': params.get('data', ''),
-                     'seed': params.get('seed', ''), 'arch': final.get('arch', ''),
+        # A trial's own report wins: NNI 3.0 may hand queued parameters to another trial than it records.
+        rows.append({'trial': job.trialJobId, 'status': job.status, 'data': final.get('data', params.get('data', '')),
+                     'seed': final.get('seed', params.get('seed', '')), 'arch': final.get('arch', ''),
                      'test_acc': final.get('test_acc', ''), 'kendall_tau': final.get('kendall_tau', ''),
                      'train_loss': final.get('train_loss', ''), 'wall_time': final.get('wall_time', '')})
     return rows
@@ -149,7 +155,9 @@ def run_experiment(config_path: str | Path, port: int = 8080, keep_ui: bool = Fa
     _check_port_free(port)
     _drop_unavailable_image_folder(config)
     # Trials run the first `python3` on PATH (nni3.md): make it this interpreter, with its packages.
-    os.environ['PATH'] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get('PATH', '')
+    bin_dir = str(Path(sys.executable).parent)
+    if os.environ.get('PATH', '').split(os.pathsep)[0] != bin_dir:
+        os.environ['PATH'] = bin_dir + os.pathsep + os.environ.get('PATH', '')
     experiment = Experiment(config)
     experiment.start(port)
     print(f'NNI web UI: http://localhost:{port}  (experiment {experiment.id})', flush=True)
@@ -158,7 +166,7 @@ def run_experiment(config_path: str | Path, port: int = 8080, keep_ui: bool = Fa
         rows = summarize_trials(experiment)
         print(f'\nExperiment {experiment.id} finished with status {status}:')
         print_table(rows)
-        out = Path(config.experiment_working_directory or '~/nni-experiments').expanduser() / experiment.id
+        out = Path(config.canonical_copy().experiment_working_directory).expanduser() / experiment.id
         _write_summary(rows, out)
         print(f'\nSummary written to {out}/summary.csv and summary.json', flush=True)
         if keep_ui:

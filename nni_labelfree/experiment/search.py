@@ -109,6 +109,18 @@ class SearchMetricsCallback(pl.Callback):
         return {'kendall_tau': kendall_tau(angles, truth), 'top_angle_acc': float(truth[best])}
 
 
+class PeriodicCheckpoint(pl.Callback):
+    """Save the supernet's parameters every ``every`` epochs (atomically) as ``supernet_epoch{N}.pt``."""
+
+    def __init__(self, directory: Path, every: int):
+        self.directory, self.every = directory, every
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        epoch = trainer.current_epoch + 1
+        if self.every and epoch % self.every == 0:
+            atomic_save(_supernet_params(pl_module.model), self.directory / f'supernet_epoch{epoch}.pt')
+
+
 def _trainer_kwargs(config: SearchConfig, callbacks: list) -> dict:
     kwargs: dict[str, Any] = dict(accelerator=config.accelerator, devices=config.devices, callbacks=callbacks,
                                   enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=0,
@@ -142,7 +154,8 @@ def run_search(config: SearchConfig, output_dir: str | Path, reporter: Reporter 
         loader, loader, num_classes=config.num_classes, max_epochs=config.epochs,
         learning_rate=config.learning_rate, weight_decay=config.weight_decay, momentum=config.momentum,
         nesterov=config.nesterov, min_learning_rate=config.min_learning_rate,
-        **_trainer_kwargs(config, [metrics_cb, *(extra_callbacks or [])]))
+        **_trainer_kwargs(config, [metrics_cb, PeriodicCheckpoint(out / 'checkpoints', config.checkpoint_every),
+                                   *(extra_callbacks or [])]))
     strategy.mutate_model(space)
     evaluator = strategy.mutate_evaluator(evaluator)
     module = evaluator.module

@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
+from nni_labelfree.experiment.config import parse_value
 
 __all__ = ['main', 'parse_set_flags']
 
@@ -31,7 +31,7 @@ def parse_set_flags(pairs: Sequence[str]) -> dict[str, Any]:
         key, sep, value = pair.partition('=')
         if not sep or not key:
             raise ValueError(f'--set expects key=value, got {pair!r}.')
-        out[key.strip()] = yaml.safe_load(value) if value else None
+        out[key.strip()] = parse_value(value)
     return out
 
 
@@ -52,6 +52,7 @@ def run_trial(set_flags: Sequence[str]) -> dict:
         import torch
         torch.set_num_threads(config.num_threads)
     output_dir = Path(config.output_dir or os.environ.get('NNI_OUTPUT_DIR', 'runs/trial'))
+    config.output_dir = str(output_dir)
     result = run_search(config, output_dir, reporter=_reporter)
     final = {k: v for k, v in result.items() if k != 'top'}
     final['arch'] = final.get('nb201_string') or str(final['arch'])
@@ -70,7 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run_trial(args.set_flags)
     except (ValueError, FileNotFoundError, TypeError) as err:
-        print(f'nni-labelfree trial failed: {err}', file=sys.stderr, flush=True)
+        # stdout reaches trial.log, stderr trial.stderr: the reason goes to both.
+        for stream in (sys.stdout, sys.stderr):
+            print(f'nni-labelfree trial failed: {err}', file=stream, flush=True)
         return 2
     return 0
 
