@@ -68,7 +68,7 @@ def test_profiler_constraint_errors(tiny_constraint):
 
 
 def test_profiler_constraint_rejects_a_supernet():
-    from nni.nas.strategy import RandomOneShot
+    from nni.nas.oneshot.pytorch.strategy import RandomOneShot
 
     space = TinySpace()
     RandomOneShot().mutate_model(space)
