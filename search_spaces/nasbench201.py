@@ -189,12 +189,15 @@ class NasBench201Space(ModelSpace):
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(width, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map ``[N, 4C, H/4, W/4]`` the classifier pools (spatial pretext heads use it)."""
         out = self.stem(x)
         for cell in self.cells:
             out = cell(out)
-        out = self.global_pooling(self.lastact(out))
-        return self.classifier(out.flatten(1))
+        return self.lastact(out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.global_pooling(self.features(x)).flatten(1))
 
     def cell_dags(self) -> list[CellDAG]:
         """The DAG of every searchable cell, for path-aware angle metrics (RLNAS)."""
