@@ -5,12 +5,14 @@ from typing import Any, Callable
 
 from nni.nas.nn.pytorch import ModelSpace
 
+from .darts import DartsSpace
 from .nasbench201 import CellDAG, NasBench201Space
 
-__all__ = ['CellDAG', 'NasBench201Space', 'create_space', 'list_spaces']
+__all__ = ['CellDAG', 'DartsSpace', 'NasBench201Space', 'create_space', 'list_spaces']
 
 _SPACES: dict[str, Callable[..., ModelSpace]] = {
     'nasbench201': NasBench201Space,
+    'darts': DartsSpace,
 }
 
 

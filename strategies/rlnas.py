@@ -15,30 +15,87 @@ CVPR 2021.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
-import random
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler
 
 from nni.nas.nn.pytorch import ModelSpace
 from nni.nas.oneshot.pytorch.sampling import RandomSamplingLightningModule
 from nni.nas.oneshot.pytorch.strategy import RandomOneShot
 from nni.nas.space import RawFormatModelSpace
 
-from nni_labelfree.data import RandomLabelDataset
+from nni_labelfree.data import RandomLabelDataset, derive_seed
 from nni_labelfree.metrics.angle import AnglePolicy, angle_scorer, parameter_snapshot, plain_architecture
 from nni_labelfree.selection import evolve
 
-__all__ = ['RLNAS', 'RLNASModule']
+__all__ = ['RLNAS', 'RLNASModule', 'EpochShuffleSampler']
 
 _logger = logging.getLogger(__name__)
 
 _SEARCH_MODES = ('auto', 'exhaustive', 'evolution')
+# Mixed into the shuffle seeds so they never coincide with the random-label seeds derived from the same base seed.
+_SHUFFLE_STREAM = 0x5348_5546
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A random order of ``range(size)`` that is a pure function of ``(seed, epoch)``.
+
+    A ``RandomSampler`` with a generator seeded once draws epoch ``e``'s order after every earlier epoch's, so a
+    search resumed at epoch ``e`` would see other batches than an uninterrupted one. Call :meth:`set_epoch` before
+    iterating (Lightning does, and so does :class:`RLNASModule`). Under DDP Lightning wraps it in a
+    ``DistributedSamplerWrapper``: each rank reads its own shard of the same order.
+
+    Parameters
+    ----------
+    size
+        Number of items (``len(dataset)``).
+    seed
+        Non-negative base seed.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        if size < 1:
+            raise ValueError(f'EpochShuffleSampler needs at least one item, got size={size}.')
+        derive_seed(seed)  # validates the seed early
+        self.size, self.seed, self.epoch = int(size), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the order of ``epoch`` (0-based)."""
+        if epoch < 0:
+            raise ValueError(f'epoch must be >= 0, got {epoch}.')
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, _SHUFFLE_STREAM, self.epoch))
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def _rng_state_to_plain(rng: np.random.RandomState) -> dict[str, Any]:
+    """A numpy ``RandomState`` state as a tensor and plain values, so ``torch.load(weights_only=True)`` reads it."""
+    name, keys, pos, has_gauss, cached_gaussian = rng.get_state(legacy=True)
+    return {'name': str(name), 'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),
+            'has_gauss': int(has_gauss), 'cached_gaussian': float(cached_gaussian)}
+
+
+def _rng_state_from_plain(state: Mapping[str, Any]) -> tuple:
+    keys = state['keys'].numpy().astype(np.uint32)
+    return state['name'], keys, int(state['pos']), int(state['has_gauss']), float(state['cached_gaussian'])
+
+
+def _labels_digest(datasets: Sequence[RandomLabelDataset]) -> str:
+    digest = hashlib.sha256()
+    for dataset in datasets:
+        digest.update(dataset.labels.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _last_linear(model: nn.Module) -> nn.Linear:
@@ -51,6 +108,11 @@ def _last_linear(model: nn.Module) -> nn.Linear:
 
 class RLNASModule(RandomSamplingLightningModule):
     """The Lightning module behind :class:`RLNAS`: seeded SPOS training, a ``theta_0`` snapshot, angle export.
+
+    Its checkpoints carry everything a resumed search needs beyond Lightning's own state (weights, optimiser,
+    scheduler, loops): ``theta_0``, the path sampler's RNG state, the global torch RNG state (DataLoader worker seeds
+    and any dropout draw from it), the data epoch and a digest of the random labels, which a resumed run checks.
+    Every rank of a DDP run seeds the path sampler identically, so all ranks train the same path at every step.
 
     Parameters
     ----------
@@ -67,6 +129,9 @@ class RLNASModule(RandomSamplingLightningModule):
         self.search_result: list[tuple[dict, float]] | None = None
         self._sampler_rng = np.random.RandomState(strategy.seed)
         self.label_datasets: list[RandomLabelDataset] = []
+        self.shuffle_samplers: list[EpochShuffleSampler] = []
+        self.last_sample: dict | None = None  # the path trained by the latest step (for logging and tests)
+        self._data_epoch = 0
         self._mutables: list | None = None
 
     # -- sampling -----------------------------------------------------------------------------------------------
@@ -82,7 +147,26 @@ class RLNASModule(RandomSamplingLightningModule):
             for module in self.supernet_modules():
                 module.resample(memo=sample)
             return sample
-        return self._repeat_until_valid(draw)
+        self.last_sample = self._repeat_until_valid(draw)
+        return self.last_sample
+
+    # -- data epochs --------------------------------------------------------------------------------------------
+    def set_data_epoch(self, epoch: int) -> None:
+        """Select epoch ``epoch``'s shuffle order and (per-iteration modes) random labels."""
+        self._data_epoch = int(epoch)
+        for dataset in self.label_datasets:
+            dataset.set_epoch(self._data_epoch)
+        for sampler in self.shuffle_samplers:
+            sampler.set_epoch(self._data_epoch)
+
+    def _next_data_epoch(self) -> int:
+        # Lightning counts an epoch as processed once its batches are done, so at an end-of-epoch checkpoint this is
+        # the epoch that comes next (and mid-epoch, the current one).
+        try:
+            progress = self.trainer.fit_loop.epoch_progress
+        except (RuntimeError, AttributeError):  # not attached to a trainer
+            progress = None
+        return int(progress.current.processed) if progress is not None else self._data_epoch
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -91,18 +175,36 @@ class RLNASModule(RandomSamplingLightningModule):
         return super().on_fit_start()
 
     def on_train_epoch_start(self) -> None:
-        for dataset in self.label_datasets:
-            dataset.set_epoch(self.trainer.current_epoch)
+        self.set_data_epoch(self.trainer.current_epoch)
         return super().on_train_epoch_start()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint['rlnas_initial_weights'] = self.initial_weights
-        checkpoint['rlnas_sampler_state'] = self._sampler_rng.get_state()
+        checkpoint['rlnas_sampler_state'] = _rng_state_to_plain(self._sampler_rng)
+        checkpoint['rlnas_torch_rng_state'] = torch.get_rng_state()
+        checkpoint['rlnas_data'] = {'epoch': self._data_epoch, 'next_epoch': self._next_data_epoch(),
+                                    'label_digest': _labels_digest(self.label_datasets)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.initial_weights = checkpoint.get('rlnas_initial_weights')
         if 'rlnas_sampler_state' in checkpoint:
-            self._sampler_rng.set_state(checkpoint['rlnas_sampler_state'])
+            state = checkpoint['rlnas_sampler_state']
+            self._sampler_rng.set_state(_rng_state_from_plain(state) if isinstance(state, Mapping) else state)
+        if 'rlnas_torch_rng_state' in checkpoint:
+            torch.set_rng_state(checkpoint['rlnas_torch_rng_state'])
+        if 'rlnas_data' in checkpoint:
+            self._check_labels(checkpoint['rlnas_data'])
+            # Set now, not at epoch start: Lightning builds the first resumed epoch's DataLoader iterator (and worker
+            # processes read their indices and labels) before on_train_epoch_start runs.
+            self.set_data_epoch(checkpoint['rlnas_data']['next_epoch'])
+
+    def _check_labels(self, data: Mapping[str, Any]) -> None:
+        """The random labels are rebuilt from the seed on resume; refuse to continue if they came out different."""
+        self.set_data_epoch(data['epoch'])
+        if self.label_datasets and data.get('label_digest') != _labels_digest(self.label_datasets):
+            raise ValueError('RLNAS: the random labels rebuilt for this run differ from the ones the checkpoint was '
+                             'trained on (different seed, data, num_classes or label_mode). Resume with the '
+                             'original settings, or start the search over in a new output folder.')
 
     # -- scoring and export -------------------------------------------------------------------------------------
     def angle_scorer(self):
@@ -135,7 +237,8 @@ class RLNAS(RandomOneShot):
         ``'uniform_once'`` (RLNAS default), ``'shuffle_once'``, ``'uniform_per_iteration'``,
         ``'shuffle_per_iteration'``; see :class:`~nni_labelfree.data.RandomLabelDataset`.
     seed
-        Seeds the random labels, path sampling, shuffling and the evolutionary search.
+        Seeds the random labels, path sampling, shuffling (a pure function of seed and epoch, see
+        :class:`EpochShuffleSampler`) and the evolutionary search.
     angle_policy
         :class:`~nni_labelfree.metrics.angle.AnglePolicy` (or its fields as a dict): which weights enter the vector
         and how parameter-free ops are represented. Default: RLNAS's NAS-Bench-201 choice.
@@ -207,12 +310,15 @@ class RLNAS(RandomOneShot):
         if self.num_classes is None:
             raise RuntimeError('RLNAS: mutate_model() must run before the dataloaders are built.')
         dataset = RandomLabelDataset(loader.dataset, self.num_classes, mode=self.label_mode, seed=self.seed)
+        shuffle = isinstance(loader.sampler, RandomSampler) if shuffle is None else shuffle
+        sampler = EpochShuffleSampler(len(dataset), self.seed) if shuffle else SequentialSampler(dataset)
         if self._module is not None:
             self._module.label_datasets.append(dataset)
-        shuffle = isinstance(loader.sampler, RandomSampler) if shuffle is None else shuffle
-        return DataLoader(dataset, batch_size=loader.batch_size, shuffle=shuffle, num_workers=loader.num_workers,
-                          drop_last=loader.drop_last, pin_memory=loader.pin_memory,
-                          persistent_workers=False, generator=torch.Generator().manual_seed(self.seed))
+            if shuffle:
+                self._module.shuffle_samplers.append(sampler)
+        # No DataLoader generator: worker base seeds then come from the global torch RNG, which checkpoints restore.
+        return DataLoader(dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
+                          drop_last=loader.drop_last, pin_memory=loader.pin_memory, persistent_workers=False)
 
     def train_dataloader(self, train_dataloader_fn, val_dataloader_fn) -> DataLoader:
         """The evaluator's training loader with random labels in place of its labels."""

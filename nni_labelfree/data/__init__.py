@@ -18,3 +18,21 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
+
+# UnNAS pretext tasks (rotation, colorization, jigsaw) as label sources.
+from .pretext import (DEFAULT_NUM_PERMUTATIONS, JIGSAW_GRIDS, NUM_AB_BINS, NUM_ROTATIONS,  # noqa: E402
+                      PRETEXT_TASKS, ColorizationDataset, JigsawDataset, PretextTask, RotationDataset, ab_bins,
+                      bin_to_ab, hamming_permutations, jigsaw_geometry, lab_to_rgb, list_pretext_tasks,
+                      pretext_dataset, pretext_task, quantize_ab, rgb_to_lab, rotate_image, rotation_collate,
+                      shuffle_tiles, unshuffle)
+
+__all__ += [
+    'PRETEXT_TASKS', 'PretextTask', 'pretext_task', 'pretext_dataset', 'list_pretext_tasks',
+    'RotationDataset', 'rotation_collate', 'rotate_image', 'NUM_ROTATIONS',
+    'ColorizationDataset', 'rgb_to_lab', 'lab_to_rgb', 'ab_bins', 'quantize_ab', 'bin_to_ab', 'NUM_AB_BINS',
+    'JigsawDataset', 'hamming_permutations', 'shuffle_tiles', 'unshuffle', 'jigsaw_geometry',
+    'JIGSAW_GRIDS', 'DEFAULT_NUM_PERMUTATIONS',
+]
+from .true_labels import TrueLabelDataset  # noqa: E402
+
+__all__ = [*__all__, 'TrueLabelDataset']

@@ -3,6 +3,8 @@
 - ``nni-labelfree search --strategy rlnas --space nasbench201 --data noise --output runs/x``: one search without
   nnictl; writes ``arch.json``, ``config.json``, ``metrics.json`` and ``checkpoints/`` to the output folder.
   Every key of :class:`~nni_labelfree.experiment.config.SearchConfig` is a flag (``--num-images 500``).
+  Rerunning a killed search with the same flags and ``--output`` resumes it (``--resume false`` starts over);
+  ``--accelerator cpu --devices 2 --lightning-strategy ddp`` trains with two DDP processes.
 - ``nni-labelfree experiment experiment_configs/quickstart.yml [--port 8080] [--keep-ui]``: an NNI experiment with
   the web UI, followed in the terminal, then a summary table.
 - ``nni-labelfree trial --set key=value ...``: the trial entry point nnictl runs.
@@ -53,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_search(args: argparse.Namespace) -> int:
     from nni_labelfree.experiment.config import resolve_config
-    from nni_labelfree.experiment.search import run_search
+    from nni_labelfree.experiment.search import process_rank, run_search
     overrides = {k: v for k, v in vars(args).items() if k not in ('command', 'output')}
     config = resolve_config(overrides)
     if config.num_threads:
@@ -62,6 +64,8 @@ def _run_search(args: argparse.Namespace) -> int:
     output = args.output or f'runs/{config.strategy}-{config.space}-{config.data}-s{config.seed}'
     config.output_dir = output
     result = run_search(config, output)
+    if process_rank() != 0:  # a DDP rank Lightning relaunched: rank 0 reports
+        return 0
     print(f'Exported architecture: {result.get("nb201_string", result["arch"])}')
     for key in ('angle', 'test_acc', 'kendall_tau', 'train_loss', 'wall_time'):
         if key in result:

@@ -50,6 +50,7 @@ class SearchConfig:
     num_workers: int = 0                # DataLoader workers
     accelerator: str = 'auto'           # Lightning accelerator: auto | cpu | gpu
     devices: Any = 'auto'               # Lightning devices
+    lightning_strategy: str = 'auto'    # auto | ddp (DDP; on CPU the gloo backend, e.g. accelerator=cpu devices=2)
     max_minutes: float | None = None    # wall-clock budget of supernet training (Lightning max_time); None: no limit
     num_threads: int | None = None      # torch CPU threads (None: torch's default)
     # --- scoring and selection ------------------------------------------------------------------------------
@@ -65,6 +66,8 @@ class SearchConfig:
     benchmark_table: str | None = 'builtin'  # NAS-Bench-201 accuracy table: builtin | a CSV path | None
     output_dir: str | None = None       # where artifacts go (trials: NNI's trial output dir)
     checkpoint_every: int = 0           # also save the supernet every N epochs (0: only initial and final)
+    resume: bool = True                 # continue from the newest readable checkpoints/search_epoch*.ckpt of the
+                                        # output folder; false: delete those and start over
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable copy."""
@@ -82,7 +85,9 @@ _CHOICES = {
     'angle_fixed': ('all', 'none'),
     'angle_pool': ('const3d', 'const4d', 'empty'),
     'angle_skip': ('empty', 'identity'),
+    'lightning_strategy': ('auto', 'ddp'),
 }
+_BOOLS = ('resume',)
 _POSITIVE = ('channels', 'cells_per_stage', 'image_size', 'num_classes', 'epochs', 'batch_size')
 _NON_NEGATIVE_INTS = ('seed', 'num_workers', 'checkpoint_every')
 # Float keys: (name, may be None, must be > 0 rather than >= 0).
@@ -132,6 +137,9 @@ def _validate(config: SearchConfig) -> None:
         value = getattr(config, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f'Configuration {key} must be a non-negative integer, got {value!r}.')
+    for key in _BOOLS:
+        if not isinstance(getattr(config, key), bool):
+            raise ValueError(f'Configuration {key} must be true or false, got {getattr(config, key)!r}.')
     for key, optional, positive in _FLOATS:
         _check_number(key, getattr(config, key), optional, positive)
     if config.num_classes < 2:

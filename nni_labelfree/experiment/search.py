@@ -4,6 +4,15 @@ Used by ``nni-labelfree search`` (no NNI manager) and by the nnictl trial entry 
 a ``reporter`` forwarding per-epoch metrics to the web UI. The strategy is driven directly
 (``mutate_model`` / ``mutate_evaluator`` / ``evaluate``) rather than through ``NasExperiment``, which must not run
 inside an nnictl trial (nni3.md, pitfall 5).
+
+Resume: every epoch ends with a Lightning checkpoint of the whole search in ``checkpoints/search_epoch{N}.ckpt``
+(:mod:`.checkpoint`; the last two are kept). Rerunning the same command with the same output folder continues from
+the newest readable one and ends with the same architecture, angles and metrics as an uninterrupted run; a
+checkpoint written with other settings is refused. ``resume=false`` starts over.
+
+DDP (``lightning_strategy='ddp'``, ``devices=N``): Lightning relaunches the command once per extra rank; each rank
+runs this function, trains the same paths on its shard of the data, and exports; only rank 0 writes files (so
+``metrics.json`` holds rank 0's loss and accuracy, measured on its shard).
 """
 from __future__ import annotations
 
@@ -22,6 +31,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from nni_labelfree.benchmarks.nasbench201 import NB201_LABELS, arch_to_string, load_nb201_table
 from nni_labelfree.data import image_source
+from nni_labelfree.experiment.checkpoint import (AtomicCheckpointIO, ResumableCheckpoint, atomic_save,
+                                                 checkpoint_metadata, newest_valid_checkpoint, remove_checkpoints,
+                                                 remove_stale_temporaries)
 from nni_labelfree.experiment.config import SearchConfig
 from nni_labelfree.experiment.evaluator import sgd_classification
 from nni_labelfree.metrics.angle import AnglePolicy
@@ -29,18 +41,25 @@ from nni_labelfree.metrics.correlation import kendall_tau
 from nni_labelfree.search_spaces import create_space
 from nni_labelfree.strategies import RLNAS
 
-__all__ = ['run_search', 'build_images', 'SearchMetricsCallback', 'atomic_save']
+__all__ = ['run_search', 'build_images', 'SearchMetricsCallback', 'atomic_save', 'process_rank']
 
 _logger = logging.getLogger(__name__)
 
 Reporter = Callable[[dict], None]
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file, then rename: a kill never leaves a torn checkpoint behind."""
-    tmp = path.with_name(path.name + '.tmp')
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+# Settings that may change between an interrupted run and its resumption without changing the result.
+_RESUME_FREE_KEYS = frozenset({'output_dir', 'resume', 'num_threads', 'num_workers', 'max_minutes',
+                               'checkpoint_every'})
+_KEEP_CHECKPOINTS = 2
+
+
+def process_rank() -> int:
+    """This process's global rank: 0 unless Lightning launched it as another DDP rank (it sets the env vars)."""
+    for name in ('RANK', 'LOCAL_RANK', 'SLURM_PROCID'):
+        if os.environ.get(name, '').isdigit():
+            return int(os.environ[name])
+    return 0
 
 
 def build_images(config: SearchConfig) -> Dataset:
@@ -89,12 +108,19 @@ class SearchMetricsCallback(pl.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         metrics = {'epoch': trainer.current_epoch + 1, 'train_loss': float(self._sums[0] / max(self._sums[2], 1)),
                    'train_acc': float(self._sums[1] / max(self._sums[2], 1))}
-        metrics.update(self.ranking_metrics(pl_module))
+        metrics.update({k: float(v) for k, v in self.ranking_metrics(pl_module).items()})
         metrics['default'] = metrics.get('kendall_tau', metrics['train_acc'])
         self.history.append(metrics)
         _logger.info('epoch %d: %s', metrics['epoch'], {k: round(v, 4) for k, v in metrics.items()})
         if self.reporter is not None:
             self.reporter(metrics)
+
+    # The history goes into every checkpoint, so a resumed search's metrics.json still lists every epoch.
+    def state_dict(self) -> dict:
+        return {'history': [dict(m) for m in self.history]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = [dict(m) for m in state_dict.get('history', [])]
 
     def ranking_metrics(self, pl_module) -> dict:
         """Kendall tau of the angles of all cells vs the table, and the top-angle cell's accuracy."""
@@ -117,30 +143,70 @@ class PeriodicCheckpoint(pl.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         epoch = trainer.current_epoch + 1
-        if self.every and epoch % self.every == 0:
+        if self.every and epoch % self.every == 0 and trainer.is_global_zero:
             atomic_save(_supernet_params(pl_module.model), self.directory / f'supernet_epoch{epoch}.pt')
 
 
 def _trainer_kwargs(config: SearchConfig, callbacks: list) -> dict:
     kwargs: dict[str, Any] = dict(accelerator=config.accelerator, devices=config.devices, callbacks=callbacks,
                                   enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=0,
-                                  deterministic=False)
+                                  deterministic=False, enable_checkpointing=True, plugins=[AtomicCheckpointIO()])
     if config.max_minutes:
         kwargs['max_time'] = timedelta(minutes=config.max_minutes)
+    if config.lightning_strategy == 'ddp':
+        from pytorch_lightning.strategies import DDPStrategy
+        # Single-path training leaves most supernet weights unused at every step.
+        kwargs['strategy'] = DDPStrategy(find_unused_parameters=True)
     return kwargs
+
+
+def _resume_point(config: SearchConfig, checkpoints: Path, rank: int) -> Path | None:
+    """The checkpoint to continue from (``None``: start afresh), after checking it belongs to this search."""
+    if rank == 0:
+        remove_stale_temporaries(checkpoints)
+    if not config.resume:
+        if rank == 0 and remove_checkpoints(checkpoints):
+            _logger.info('resume=false: deleted the previous search checkpoints in %s.', checkpoints)
+        return None
+    found = newest_valid_checkpoint(checkpoints)
+    if found is None:
+        return None
+    path, checkpoint = found
+    _check_same_search(config, checkpoint_metadata(checkpoint).get('config'), path)
+    _logger.info('Resuming the search from %s (%d of %d epochs done).', path, checkpoint.get('epoch', -1) + 1,
+                 config.epochs)
+    return path
+
+
+def _check_same_search(config: SearchConfig, saved: dict | None, path: Path) -> None:
+    """Refuse to resume a checkpoint written with settings that change the result."""
+    if saved is None:
+        raise ValueError(f'{path} has no search configuration, so it cannot be resumed safely. Use a new --output, '
+                         'or pass --resume false to start over (this deletes the checkpoints/search_epoch*.ckpt).')
+    current = config.to_dict()
+    changed = {k: (saved.get(k), v) for k, v in current.items() if k not in _RESUME_FREE_KEYS and saved.get(k) != v}
+    if changed:
+        detail = ', '.join(f'{k}: {old!r} -> {new!r}' for k, (old, new) in sorted(changed.items()))
+        raise ValueError(f'{path} was written by a search with other settings ({detail}); resuming it would not '
+                         'reproduce either search. Rerun with the original settings, use a new --output, or pass '
+                         '--resume false to start over (this deletes the checkpoints/search_epoch*.ckpt).')
 
 
 def run_search(config: SearchConfig, output_dir: str | Path, reporter: Reporter | None = None,
                extra_callbacks: list | None = None) -> dict:
-    """Run one search; write ``arch.json``, ``config.json``, ``metrics.json`` and supernet checkpoints.
+    """Run (or resume) one search; write ``arch.json``, ``config.json``, ``metrics.json`` and checkpoints.
 
     Returns the final result dict (``default`` = the exported cell's table accuracy when a NAS-Bench-201 table is
-    available, else its angle).
+    available, else its angle). Under DDP every rank returns it; only rank 0 writes files.
     """
     start = time.time()
     out = Path(output_dir)
-    (out / 'checkpoints').mkdir(parents=True, exist_ok=True)
-    config.save(out / 'config.json')
+    checkpoints = out / 'checkpoints'
+    rank = process_rank()
+    resume_from = _resume_point(config, checkpoints, rank)  # first: a refused resume must leave the folder as is
+    if rank == 0:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        config.save(out / 'config.json')
     pl.seed_everything(config.seed, workers=True, verbose=False)
     images = build_images(config)
     space = create_space(config.space, channels=config.channels, cells_per_stage=config.cells_per_stage,
@@ -148,26 +214,38 @@ def run_search(config: SearchConfig, output_dir: str | Path, reporter: Reporter 
     strategy = _build_strategy(config, space)
     table = _load_table(config)
     metrics_cb = SearchMetricsCallback(table if config.space == 'nasbench201' else None, reporter)
-    loader = DataLoader(images, batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers,
-                        drop_last=len(images) > config.batch_size)
-    evaluator = sgd_classification(
-        loader, loader, num_classes=config.num_classes, max_epochs=config.epochs,
-        learning_rate=config.learning_rate, weight_decay=config.weight_decay, momentum=config.momentum,
-        nesterov=config.nesterov, min_learning_rate=config.min_learning_rate,
-        **_trainer_kwargs(config, [metrics_cb, PeriodicCheckpoint(out / 'checkpoints', config.checkpoint_every),
-                                   *(extra_callbacks or [])]))
+    callbacks = [metrics_cb, PeriodicCheckpoint(checkpoints, config.checkpoint_every),
+                 ResumableCheckpoint(checkpoints, keep=_KEEP_CHECKPOINTS, metadata={'config': config.to_dict()}),
+                 *(extra_callbacks or [])]
     strategy.mutate_model(space)
-    evaluator = strategy.mutate_evaluator(evaluator)
+    evaluator = strategy.mutate_evaluator(_evaluator(config, images, callbacks))
     module = evaluator.module
-    atomic_save(_supernet_params(space), out / 'checkpoints' / 'supernet_init.pt')
+    if rank == 0 and (resume_from is None or not (checkpoints / 'supernet_init.pt').exists()):
+        atomic_save(_supernet_params(space), checkpoints / 'supernet_init.pt')
+    if resume_from is not None:
+        evaluator.fit_kwargs.update(ckpt_path=str(resume_from), weights_only=True)
     evaluator.evaluate(space)
-    atomic_save({'initial': module.initial_weights, 'final': _supernet_params(space)},
-                out / 'checkpoints' / 'supernet_final.pt')
     arch = module.export()
     result = _final_result(config, module, arch, table, metrics_cb.history, time.time() - start)
-    (out / 'metrics.json').write_text(json.dumps(metrics_cb.history, indent=2) + '\n')
-    (out / 'arch.json').write_text(json.dumps(result, indent=2) + '\n')
+    if module.trainer.is_global_zero:
+        _write_results(out, module, space, metrics_cb.history, result)
     return result
+
+
+def _evaluator(config: SearchConfig, images: Dataset, callbacks: list):
+    loader = DataLoader(images, batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers,
+                        drop_last=len(images) > config.batch_size)
+    return sgd_classification(
+        loader, loader, num_classes=config.num_classes, max_epochs=config.epochs,
+        learning_rate=config.learning_rate, weight_decay=config.weight_decay, momentum=config.momentum,
+        nesterov=config.nesterov, min_learning_rate=config.min_learning_rate, **_trainer_kwargs(config, callbacks))
+
+
+def _write_results(out: Path, module, space: torch.nn.Module, history: list[dict], result: dict) -> None:
+    atomic_save({'initial': module.initial_weights, 'final': _supernet_params(space)},
+                out / 'checkpoints' / 'supernet_final.pt')
+    (out / 'metrics.json').write_text(json.dumps(history, indent=2) + '\n')
+    (out / 'arch.json').write_text(json.dumps(result, indent=2) + '\n')
 
 
 def _supernet_params(space: torch.nn.Module) -> dict[str, torch.Tensor]:

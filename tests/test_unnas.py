@@ -1,0 +1,100 @@
+"""UnNAS as an NNI strategy: pretext objectives through DARTS on small spaces, export, bad input."""
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from nni.nas.evaluator.pytorch import Classification, DataLoader
+from nni.nas.experiment import NasExperiment
+from nni.nas.nn.pytorch import LayerChoice, ModelSpace
+
+from nni_labelfree.benchmarks.nasbench201 import NB201_LABELS, NB201_OPS
+from nni_labelfree.heads import PretextNetwork
+from nni_labelfree.search_spaces import NasBench201Space
+from nni_labelfree.strategies import UnNAS
+from nni_labelfree.strategies.unnas import count_skip_connections
+
+
+def _images(n=64, channels=3, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # Smooth random images (upsampled noise) so that rotation and jigsaw are learnable at all.
+    low = torch.rand(n, channels, size // 8, size // 8, generator=g)
+    images = nn.functional.interpolate(low, size=(size, size), mode='bilinear', align_corners=False)
+    return TensorDataset(images * 2 - 1, torch.randint(0, 10, (n,), generator=g))
+
+
+def _evaluator(dataset, epochs=1, batch=16, **trainer):
+    loader = DataLoader(dataset, batch_size=batch, shuffle=True)
+    return Classification(train_dataloaders=loader, val_dataloaders=loader, num_classes=10, learning_rate=0.01,
+                          max_epochs=epochs, enable_progress_bar=False, logger=False, enable_checkpointing=False,
+                          enable_model_summary=False, **trainer)
+
+
+def _search(task, space, dataset, **kwargs):
+    strategy = UnNAS(task, seed=0, **kwargs)
+    experiment = NasExperiment(space, _evaluator(dataset), strategy)
+    experiment.run()
+    return experiment, strategy
+
+
+@pytest.mark.parametrize('task', ['rotation', 'jigsaw', 'supervised'])
+def test_unnas_exports_a_valid_nb201_cell(task):
+    experiment, strategy = _search(task, NasBench201Space(channels=4, cells_per_stage=1), _images())
+    [arch] = experiment.export_top_models(formatter='dict')
+    assert set(arch) == set(NB201_LABELS) and set(arch.values()) <= set(NB201_OPS)
+    module = strategy.oneshot_module
+    assert isinstance(module.model, PretextNetwork) and module.model.task == task
+    metrics = module.trainer.callback_metrics
+    assert 'pretext_loss' in metrics and 'skip_connections' in metrics
+
+
+def test_colorization_runs_on_a_one_channel_space():
+    experiment, _ = _search('colorization', NasBench201Space(channels=4, cells_per_stage=1, in_channels=1),
+                            _images(n=32))
+    [arch] = experiment.export_top_models(formatter='dict')
+    assert set(arch) == set(NB201_LABELS)
+
+
+def test_rotation_loss_falls():
+    """A few hundred rotation steps on one batch of images: the pretext loss must drop well below ln 4."""
+    space = NasBench201Space(channels=8, cells_per_stage=1)
+    strategy = UnNAS('rotation', seed=0)
+    dataset = _images(n=32)
+    losses = []
+
+    from pytorch_lightning import Callback
+
+    class LossLog(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(outputs['loss'] if isinstance(outputs, dict) else outputs))
+
+    evaluator = _evaluator(dataset, epochs=60, callbacks=[LossLog()])
+    NasExperiment(space, evaluator, strategy).run()
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert first > 1.2 and last < 0.6 * first, (first, last)
+
+
+class NoFeatures(ModelSpace):
+    def __init__(self):
+        super().__init__()
+        self.conv = LayerChoice([nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(1, 8, 1)], label='conv')
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match='Unknown UnNAS task'):
+        UnNAS('inpainting')
+    with pytest.raises(ValueError, match='features'):
+        PretextNetwork(NoFeatures(), 'colorization', 313)
+    with pytest.raises(ValueError, match='in_channels=1'):
+        PretextNetwork(NasBench201Space(channels=4, cells_per_stage=1), 'colorization', 313)
+    with pytest.raises(ValueError, match='too few'):
+        _search('rotation', NasBench201Space(channels=4, cells_per_stage=1), _images(n=16))
+
+
+def test_count_skip_connections():
+    assert count_skip_connections({'normal/op_2_0': 'skip_connect', 'reduce/op_2_0': 'skip_connect'}) == 1
+    assert count_skip_connections({'cell/1_0': 'skip_connect', 'cell/2_0': 'none'}) == 1
