@@ -22,7 +22,8 @@ def _run(module: str, *args: str) -> subprocess.Popen:
 
 def speed_benchmarks() -> None:
     for module, args in (('angle_speed', ['--channels', '16', '--cells', '5']),
-                         ('step_time', ['--channels', '16', '--cells', '1', '--steps', '20', '--rounds', '5'])):
+                         ('step_time', ['--channels', '16', '--cells', '1', '--steps', '30', '--rounds', '5']),
+                         ('checkpoint_overhead', [])):
         if _run(module, *args, '--out', str(RESULTS / f'{module}.json')).wait() != 0:
             raise SystemExit(f'benchmark {module} failed')
 
@@ -71,7 +72,7 @@ def main() -> None:
     if not os.environ.get('BENCH_SKIP_QUALITY'):
         quality_benchmarks(float(os.environ.get('BENCH_QUALITY_MINUTES', 15)))
     summary = []
-    for name in ('angle_speed', 'step_time'):
+    for name in ('angle_speed', 'step_time', 'checkpoint_overhead'):
         path = RESULTS / f'{name}.json'
         if path.exists():
             summary.append(f'### {name}\n```json\n{path.read_text().strip()}\n```')
