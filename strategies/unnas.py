@@ -139,21 +139,23 @@ class UnNAS(DARTS):
     def mutate_model(self, model: ModelSpace) -> ModelSpace:
         """The DARTS supernet of ``model``, wrapped with the task's head (sized from a probe of the task)."""
         if self._num_outputs is None:
-            raise RuntimeError('UnNAS needs the training images before the model: call mutate_evaluator() first, '
-                               'or run through NasExperiment, which does so.')
+            raise RuntimeError('UnNAS needs the training images before the model: call prepare(train_loader) '
+                               'first, or run through NasExperiment, which does so.')
         supernet = super().mutate_model(model)
         return PretextNetwork(supernet, self.task, self._num_outputs, tiles=self._tiles)
 
     def mutate_evaluator(self, evaluator):
-        self._probe_task(evaluator.train_dataloaders)
+        self.prepare(evaluator.train_dataloaders)
         return super().mutate_evaluator(evaluator)
 
     def _initialize(self, model_space, engine):
         # NNI mutates the model before the evaluator; the head's size comes from the data, so look at it first.
-        self._probe_task(model_space.evaluator.train_dataloaders)
+        self.prepare(model_space.evaluator.train_dataloaders)
         return super()._initialize(model_space, engine)
 
-    def _probe_task(self, loader: Any) -> None:
+    def prepare(self, loader: Any) -> None:
+        """Size the task head from the training data (``NasExperiment`` calls this; call it yourself before
+        ``mutate_model`` when driving the strategy by hand)."""
         if not isinstance(loader, DataLoader):
             raise TypeError(f'UnNAS needs a single torch DataLoader of training images, got {type(loader).__name__}.')
         probe = self._task_dataset(loader.dataset, self.seed)

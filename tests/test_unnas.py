@@ -55,11 +55,13 @@ def test_colorization_runs_on_a_one_channel_space():
     assert set(arch) == set(NB201_LABELS)
 
 
-def test_rotation_loss_falls():
-    """A few hundred rotation steps on one batch of images: the pretext loss must drop well below ln 4."""
+def test_rotation_loss_falls_on_cifar_images(shared_data):
+    """A few hundred rotation steps on 32 CIFAR-10 JPEG images: the pretext loss must drop well below ln 4."""
+    from nni_labelfree.data import image_source
     space = NasBench201Space(channels=8, cells_per_stage=1)
     strategy = UnNAS('rotation', seed=0)
-    dataset = _images(n=32)
+    dataset = image_source('imagefolder', root=shared_data / 'images' / 'cifar10_jpeg.tar.gz', split='train',
+                           num_images=32)
     losses = []
 
     from pytorch_lightning import Callback
@@ -98,3 +100,31 @@ def test_bad_input_is_refused():
 def test_count_skip_connections():
     assert count_skip_connections({'normal/op_2_0': 'skip_connect', 'reduce/op_2_0': 'skip_connect'}) == 1
     assert count_skip_connections({'cell/1_0': 'skip_connect', 'cell/2_0': 'none'}) == 1
+
+
+def test_cli_unnas_jigsaw_on_darts_writes_a_genotype(tmp_path):
+    import json
+    from nni_labelfree.experiment.cli import main
+    out = tmp_path / 'run'
+    code = main(['search', '--strategy', 'unnas', '--task', 'jigsaw', '--space', 'darts', '--channels', '4',
+                 '--num-cells', '3', '--num-images', '64', '--batch-size', '16', '--epochs', '2', '--output', str(out)])
+    assert code == 0
+    result = json.loads((out / 'arch.json').read_text())
+    genotype = result['genotype']
+    assert len(genotype['normal']) == 8 and len(genotype['reduce']) == 8
+    assert all(op != 'none' for op, _ in genotype['normal'] + genotype['reduce'])
+    history = json.loads((out / 'metrics.json').read_text())
+    assert [m['epoch'] for m in history] == [1, 2] and all('skip_connections' in m for m in history)
+    assert result['skip_connections'] == history[-1]['skip_connections']
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--task', 'inpainting'], 'task'),
+    (['--task', 'jigsaw', '--image-size', '8'], 'px'),
+])
+def test_cli_unnas_bad_input(tmp_path, capsys, flags, message):
+    from nni_labelfree.experiment.cli import main
+    code = main(['search', '--strategy', 'unnas', '--channels', '4', '--num-images', '64', '--epochs', '1',
+                 '--output', str(tmp_path / 'x'), *flags])
+    assert code == 2
+    assert message in capsys.readouterr().err

@@ -18,7 +18,7 @@ __all__ = ['SearchConfig', 'resolve_config', 'parse_value', 'STRATEGIES']
 
 _logger = logging.getLogger(__name__)
 
-STRATEGIES = ('rlnas',)
+STRATEGIES = ('rlnas', 'unnas')
 
 
 @dataclass
@@ -29,6 +29,9 @@ class SearchConfig:
     space: str = 'nasbench201'          # a name from nni_labelfree.search_spaces.list_spaces()
     channels: int = 16                  # first-stage width of the space (NAS-Bench-201 paper: 16)
     cells_per_stage: int = 1            # searchable cells per stage (NAS-Bench-201 paper: 5)
+    num_cells: int = 5                  # DARTS space only: cells in all, two of them reductions (paper: 8)
+    task: str = 'rotation'              # UnNAS only: rotation | colorization | jigsaw | supervised (DARTS control)
+    arc_learning_rate: float | None = None  # UnNAS only: Adam lr of the alphas (None: the paper's value per task)
     # --- images (labels are never read) ---------------------------------------------------------------------
     data: str = 'noise'                 # image source: cifar10 | cifar100 | imagefolder | noise
     data_root: str | None = None        # folder or .tar.gz for imagefolder; dataset root for cifar*
@@ -80,6 +83,7 @@ class SearchConfig:
 
 _CHOICES = {
     'strategy': STRATEGIES,
+    'task': ('rotation', 'colorization', 'jigsaw', 'supervised'),
     'label_mode': ('uniform_once', 'shuffle_once', 'uniform_per_iteration', 'shuffle_per_iteration'),
     'search': ('auto', 'exhaustive', 'evolution'),
     'angle_fixed': ('all', 'none'),
@@ -88,12 +92,12 @@ _CHOICES = {
     'lightning_strategy': ('auto', 'ddp'),
 }
 _BOOLS = ('resume',)
-_POSITIVE = ('channels', 'cells_per_stage', 'image_size', 'num_classes', 'epochs', 'batch_size')
+_POSITIVE = ('channels', 'cells_per_stage', 'num_cells', 'image_size', 'num_classes', 'epochs', 'batch_size')
 _NON_NEGATIVE_INTS = ('seed', 'num_workers', 'checkpoint_every')
 # Float keys: (name, may be None, must be > 0 rather than >= 0).
 _FLOATS = (('learning_rate', False, True), ('momentum', False, False), ('weight_decay', False, False),
            ('min_learning_rate', False, False), ('max_minutes', True, True), ('max_flops', True, True),
-           ('max_params', True, True))
+           ('max_params', True, True), ('arc_learning_rate', True, True))
 
 
 def parse_value(text: str) -> Any:

@@ -39,7 +39,8 @@ from nni_labelfree.experiment.evaluator import sgd_classification
 from nni_labelfree.metrics.angle import AnglePolicy
 from nni_labelfree.metrics.correlation import kendall_tau
 from nni_labelfree.search_spaces import create_space
-from nni_labelfree.strategies import RLNAS
+from nni_labelfree.strategies import RLNAS, UnNAS
+from nni_labelfree.strategies.unnas import count_skip_connections
 
 __all__ = ['run_search', 'build_images', 'SearchMetricsCallback', 'atomic_save', 'process_rank']
 
@@ -68,7 +69,18 @@ def build_images(config: SearchConfig) -> Dataset:
                         num_images=config.num_images, seed=config.seed, image_size=config.image_size)
 
 
-def _build_strategy(config: SearchConfig, space: torch.nn.Module) -> RLNAS:
+def _build_space(config: SearchConfig) -> torch.nn.Module:
+    in_channels = 1 if config.strategy == 'unnas' and config.task == 'colorization' else 3
+    if config.space == 'darts':
+        return create_space('darts', width=config.channels, num_cells=config.num_cells,
+                            num_classes=config.num_classes, in_channels=in_channels)
+    return create_space(config.space, channels=config.channels, cells_per_stage=config.cells_per_stage,
+                        num_classes=config.num_classes, in_channels=in_channels)
+
+
+def _build_strategy(config: SearchConfig, space: torch.nn.Module) -> RLNAS | UnNAS:
+    if config.strategy == 'unnas':
+        return UnNAS(config.task, seed=config.seed, arc_learning_rate=config.arc_learning_rate)
     constraint = None
     if config.max_flops is not None or config.max_params is not None:
         from nni_labelfree.selection import ProfilerConstraint
@@ -80,8 +92,9 @@ def _build_strategy(config: SearchConfig, space: torch.nn.Module) -> RLNAS:
 
 
 class SearchMetricsCallback(pl.Callback):
-    """Per-epoch metrics of an RLNAS search: random-label loss/accuracy and, with a NAS-Bench-201 table, the
-    Kendall tau of the angle ranking and the accuracy of the current top-angle cell.
+    """Per-epoch metrics of a search: training loss/accuracy on its labels (random labels for RLNAS, the pretext
+    task for UnNAS) and, with a NAS-Bench-201 table, RLNAS's Kendall tau of the angle ranking and the accuracy of
+    the current top-angle cell, or UnNAS's current cell accuracy; UnNAS also reports the skip-connection count.
 
     Parameters
     ----------
@@ -102,14 +115,15 @@ class SearchMetricsCallback(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs['loss'] if isinstance(outputs, dict) else outputs
         acc = trainer.callback_metrics.get('train_acc')
-        n = len(batch[1])
+        targets = (batch['train'] if isinstance(batch, dict) else batch)[1]  # UnNAS: {'train': ..., 'val': ...}
+        n = len(targets)
         self._sums += (float(loss) * n, float(acc) * n if acc is not None else 0.0, n)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         metrics = {'epoch': trainer.current_epoch + 1, 'train_loss': float(self._sums[0] / max(self._sums[2], 1)),
                    'train_acc': float(self._sums[1] / max(self._sums[2], 1))}
         metrics.update({k: float(v) for k, v in self.ranking_metrics(pl_module).items()})
-        metrics['default'] = metrics.get('kendall_tau', metrics['train_acc'])
+        metrics['default'] = metrics.get('kendall_tau', metrics.get('exported_acc', metrics['train_acc']))
         self.history.append(metrics)
         _logger.info('epoch %d: %s', metrics['epoch'], {k: round(v, 4) for k, v in metrics.items()})
         if self.reporter is not None:
@@ -123,7 +137,14 @@ class SearchMetricsCallback(pl.Callback):
         self.history = [dict(m) for m in state_dict.get('history', [])]
 
     def ranking_metrics(self, pl_module) -> dict:
-        """Kendall tau of the angles of all cells vs the table, and the top-angle cell's accuracy."""
+        """RLNAS: Kendall tau of the angles of all cells vs the table and the top-angle cell's accuracy.
+        Differentiable strategies: the current cell's skip connections and table accuracy."""
+        if not hasattr(pl_module, 'angle_scorer'):
+            arch = pl_module.export()
+            metrics = {'skip_connections': count_skip_connections(arch)}
+            if self.table is not None and set(arch) == set(NB201_LABELS):
+                metrics['exported_acc'] = self.table.accuracy(arch)
+            return metrics
         if self.table is None:
             return {}
         scorer = pl_module.angle_scorer()
@@ -209,22 +230,24 @@ def run_search(config: SearchConfig, output_dir: str | Path, reporter: Reporter 
         config.save(out / 'config.json')
     pl.seed_everything(config.seed, workers=True, verbose=False)
     images = build_images(config)
-    space = create_space(config.space, channels=config.channels, cells_per_stage=config.cells_per_stage,
-                         num_classes=config.num_classes)
+    space = _build_space(config)
     strategy = _build_strategy(config, space)
     table = _load_table(config)
     metrics_cb = SearchMetricsCallback(table if config.space == 'nasbench201' else None, reporter)
     callbacks = [metrics_cb, PeriodicCheckpoint(checkpoints, config.checkpoint_every),
                  ResumableCheckpoint(checkpoints, keep=_KEEP_CHECKPOINTS, metadata={'config': config.to_dict()}),
                  *(extra_callbacks or [])]
-    strategy.mutate_model(space)
-    evaluator = strategy.mutate_evaluator(_evaluator(config, images, callbacks))
+    evaluator = _evaluator(config, images, callbacks)
+    if isinstance(strategy, UnNAS):
+        strategy.prepare(evaluator.train_dataloaders)  # the task head's size comes from the data
+    model = strategy.mutate_model(space)  # UnNAS returns the supernet wrapped with its pretext head
+    evaluator = strategy.mutate_evaluator(evaluator)
     module = evaluator.module
     if rank == 0 and (resume_from is None or not (checkpoints / 'supernet_init.pt').exists()):
         atomic_save(_supernet_params(space), checkpoints / 'supernet_init.pt')
     if resume_from is not None:
         evaluator.fit_kwargs.update(ckpt_path=str(resume_from), weights_only=True)
-    evaluator.evaluate(space)
+    evaluator.evaluate(model)
     arch = module.export()
     result = _final_result(config, module, arch, table, metrics_cb.history, time.time() - start)
     if module.trainer.is_global_zero:
@@ -242,7 +265,7 @@ def _evaluator(config: SearchConfig, images: Dataset, callbacks: list):
 
 
 def _write_results(out: Path, module, space: torch.nn.Module, history: list[dict], result: dict) -> None:
-    atomic_save({'initial': module.initial_weights, 'final': _supernet_params(space)},
+    atomic_save({'initial': getattr(module, 'initial_weights', None), 'final': _supernet_params(space)},
                 out / 'checkpoints' / 'supernet_final.pt')
     (out / 'metrics.json').write_text(json.dumps(history, indent=2) + '\n')
     (out / 'arch.json').write_text(json.dumps(result, indent=2) + '\n')
@@ -259,11 +282,18 @@ def _load_table(config: SearchConfig):
 
 
 def _final_result(config: SearchConfig, module, arch: dict, table, history: list[dict], wall: float) -> dict:
-    angle = module.search_result[0][1]
-    result: dict[str, Any] = {'arch': arch, 'angle': angle, 'seed': config.seed, 'data': config.data,
-                              'wall_time': wall, 'top': [[a, s] for a, s in module.search_result[:10]]}
+    result: dict[str, Any] = {'arch': arch, 'strategy': config.strategy, 'seed': config.seed, 'data': config.data,
+                              'wall_time': wall}
+    ranked = getattr(module, 'search_result', None)
+    if ranked:
+        result.update(angle=ranked[0][1], top=[[a, s] for a, s in ranked[:10]])
+    if config.strategy == 'unnas':
+        result.update(task=config.task, skip_connections=count_skip_connections(arch))
     if config.space == 'nasbench201':
         result['nb201_string'] = arch_to_string(arch)
+    elif config.space == 'darts':
+        from nni_labelfree.search_spaces.darts import genotype_from_arch
+        result['genotype'] = genotype_from_arch(arch)
     if history:
         result['train_loss'] = history[-1]['train_loss']
         result['train_acc'] = history[-1]['train_acc']
@@ -271,5 +301,5 @@ def _final_result(config: SearchConfig, module, arch: dict, table, history: list
             result['kendall_tau'] = history[-1]['kendall_tau']
     if table is not None:
         result['test_acc'] = table.accuracy(arch)
-    result['default'] = result.get('test_acc', angle)
+    result['default'] = result.get('test_acc', result.get('angle', result.get('train_acc', 0.0)))
     return result
