@@ -251,6 +251,11 @@ class DartsSpace(ModelSpace):
     >>> net = space.freeze(random_darts_sample(random.Random(0)))   # a fixed network; `none` edges are skipped
     """
 
+    angle_policy_defaults = {'pool': 'const3d', 'skip': 'identity'}
+    """RLNAS's DARTS angle (methods.md 1.4): pool = constant ``1/9`` ``[C, 3, 3]`` plus its BN, skip = ``eye(C)`` at
+    stride 1 (the ``FactorizedReduce`` weights at stride 2 enter as parameters). Read by RLNAS when it is given no
+    :class:`~nni_labelfree.metrics.angle.AnglePolicy`."""
+
     def __init__(self, width: int = 16, num_cells: int = 8, num_classes: int = 10, in_channels: int = 3,
                  stem: str = 'cifar', affine: bool = False, stem_multiplier: int = 3, pool_bn: bool = True):
         super().__init__()

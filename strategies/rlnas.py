@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import random
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -136,14 +137,22 @@ class RLNASModule(RandomSamplingLightningModule):
 
     # -- sampling -----------------------------------------------------------------------------------------------
     def resample(self) -> dict:
-        """Draw a uniform single path from the module's own seeded generator (identical on every DDP rank)."""
+        """Draw a uniform single path from the module's own seeded generator (identical on every DDP rank).
+
+        If the space has a ``repair(sample, rng)`` hook (DARTS: exactly two non-``none`` inputs per node, RLNAS's
+        ``check_cand``), each draw is repaired before the supernet takes it; the repair's ``random.Random`` is
+        seeded from the same generator, so checkpoints (which save that generator) resume the same paths.
+        """
         if self._mutables is None:
             self._mutables = list(self.model.simplify().values())
+        repair = self.strategy.repair
 
         def draw() -> dict:
             sample: dict = {}
             for mutable in self._mutables:
                 mutable.random(memo=sample, random_state=self._sampler_rng)
+            if repair is not None:
+                sample = repair(sample, random.Random(int(self._sampler_rng.randint(0, 2 ** 31 - 1))))
             for module in self.supernet_modules():
                 module.resample(memo=sample)
             return sample
@@ -241,7 +250,8 @@ class RLNAS(RandomOneShot):
         :class:`EpochShuffleSampler`) and the evolutionary search.
     angle_policy
         :class:`~nni_labelfree.metrics.angle.AnglePolicy` (or its fields as a dict): which weights enter the vector
-        and how parameter-free ops are represented. Default: RLNAS's NAS-Bench-201 choice.
+        and how parameter-free ops are represented. Default: the space's ``angle_policy_defaults`` if it has them
+        (DARTS: skip = ``eye(C)``), else RLNAS's NAS-Bench-201 choice.
     path_aware
         Path-aware angle (spaces with ``cell_dags()``) or per-candidate angle; ``None`` picks path-aware when
         the space supports it.
@@ -259,6 +269,13 @@ class RLNAS(RandomOneShot):
     filter
         Optional ``callable(sample) -> bool`` restricting the paths trained; defaults to the space's
         ``sample_filter`` if it has one (NAS-Bench-201: every node keeps an input that is not ``none``).
+
+    Notes
+    -----
+    A space with a ``repair(sample, rng)`` hook (:class:`~nni_labelfree.search_spaces.DartsSpace`) has every
+    training draw and every evolution candidate (random, mutant, crossover child) repaired, as RLNAS's
+    ``check_cand``; mutation then draws from all ops, ``none`` included (RLNAS DARTS-CIFAR; unlike RLNAS, every
+    gene may mutate, not only the normal cell's). Without the hook, invalid draws are rejected by ``filter``.
     """
 
     def __init__(self, *, num_classes: int | None = None, label_mode: str = 'uniform_once', seed: int = 0,
@@ -274,8 +291,10 @@ class RLNAS(RandomOneShot):
         self.num_classes = num_classes
         self.label_mode = label_mode
         self.seed = int(seed)
+        self._policy_given = angle_policy is not None
         self.angle_policy = angle_policy if isinstance(angle_policy, AnglePolicy) \
             else AnglePolicy(**(angle_policy or {}))
+        self.repair: Callable[[dict, random.Random], dict] | None = None
         self.path_aware = path_aware
         self.search = search
         self.evolution = dict(evolution or {})
@@ -298,6 +317,11 @@ class RLNAS(RandomOneShot):
                              'outputs. Build the space with num_classes equal to the random class count.')
         if self.filter is None and callable(getattr(model, 'sample_filter', None)):
             self.filter = model.sample_filter
+        if callable(getattr(model, 'repair', None)):
+            self.repair = model.repair
+        defaults = getattr(model, 'angle_policy_defaults', None)
+        if not self._policy_given and defaults:
+            self.angle_policy = AnglePolicy(**defaults)
         return super().mutate_model(model)
 
     def configure_oneshot_module(self, training_module) -> RLNASModule:
@@ -343,7 +367,7 @@ class RLNAS(RandomOneShot):
             angles = scorer.angles(encoded)
             order = np.argsort(-angles, kind='stable')[:self.top_k]
             return [(scorer.decode(encoded[i]), float(angles[i])) for i in order]
-        kwargs = {'seed': self.seed, **self.evolution}
+        kwargs = {'seed': self.seed, 'repair': self.repair, **self.evolution}
         result = evolve(scorer.choices, scorer.angle, constraint=self.constraint, **kwargs)
         return [(plain_architecture(arch), float(fitness)) for arch, fitness in result.ranked[:self.top_k]]
 

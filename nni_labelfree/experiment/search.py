@@ -72,8 +72,10 @@ def build_images(config: SearchConfig) -> Dataset:
 def _build_space(config: SearchConfig) -> torch.nn.Module:
     in_channels = 1 if config.strategy == 'unnas' and config.task == 'colorization' else 3
     if config.space == 'darts':
+        # RLNAS's DARTS supernet builds every op with affine BN (methods.md 1.3); DARTS/UnNAS search nets do not.
         return create_space('darts', width=config.channels, num_cells=config.num_cells,
-                            num_classes=config.num_classes, in_channels=in_channels)
+                            num_classes=config.num_classes, in_channels=in_channels,
+                            affine=config.strategy == 'rlnas')
     return create_space(config.space, channels=config.channels, cells_per_stage=config.cells_per_stage,
                         num_classes=config.num_classes, in_channels=in_channels)
 

@@ -20,6 +20,21 @@ Two parameterisations:
 
 Parameter-free candidates enter through :class:`AnglePolicy` surrogates, which are identical at ``theta_0`` and
 ``theta_T`` (so they pull the angle towards 0 in proportion to their size).
+
+Per candidate kind (RLNAS's code, methods.md 1.4):
+
+- ``none``: drops the path (path-aware) or adds nothing (per-candidate);
+- pooling, bare or followed only by BatchNorm (``nn.Sequential(pool, bn)``, DARTS search nets): the pool's
+  surrogate (``AnglePolicy.pool``, e.g. a constant ``1/K^2`` tensor ``[C, K, K]``) plus the BN's trained
+  weight and bias when it is affine;
+- ``nn.Identity``: the skip surrogate (``AnglePolicy.skip``: nothing on NAS-Bench-201, ``eye(C)`` on DARTS);
+- any other candidate with parameters (convolutions, DARTS's stride-2 skip ``FactorizedReduce``): all of its
+  trained parameters, BN weight and bias included. RLNAS's DARTS code reads the ``dil_conv`` BN weight twice in
+  place of weight and bias (methods.md P5); here the bias is counted, i.e. that bug is fixed.
+
+The surrogates' channel count ``C`` comes from the largest dense (ungrouped) conv among an edge's candidates.
+Spaces may expose ``angle_policy_defaults`` (a dict of :class:`AnglePolicy` fields, e.g. DARTS's
+``{'skip': 'identity'}``), which :class:`~nni_labelfree.strategies.RLNAS` uses when no policy is given.
 """
 from __future__ import annotations
 
@@ -93,32 +108,59 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+def _pool_layer(module: nn.Module) -> nn.Module | None:
+    """The pooling layer of a pooling candidate: a bare pool, or a pool followed only by BatchNorm.
+
+    DARTS search networks (RLNAS, UnNAS) put a ``BatchNorm2d`` after each pool, built as
+    ``nn.Sequential(pool, bn)``; RLNAS's DARTS angle counts such a candidate as the pool's constant surrogate plus
+    the BN's trained weight and bias (methods.md 1.4).
+    """
+    if isinstance(module, _POOLS):
+        return module
+    if isinstance(module, nn.Sequential) and len(module) > 0 and isinstance(module[0], _POOLS) \
+            and all(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in list(module)[1:]):
+        return module[0]
+    return None
+
+
 def _op_kind(name: str, module: nn.Module) -> str:
+    """``'none'``, ``'pool'`` (may carry BN parameters), ``'weighted'``, ``'skip'`` or ``'free'``."""
     if name.lower() in _NONE_NAMES or type(module).__name__ == 'Zero':
         return 'none'
+    if _pool_layer(module) is not None:
+        return 'pool'
     if any(True for _ in module.parameters()):
         return 'weighted'
-    if isinstance(module, _POOLS):
-        return 'pool'
     if isinstance(module, nn.Identity):
         return 'skip'
     return 'free'
 
 
 def _conv_shape(choice: LayerChoice) -> tuple[int, int] | None:
-    """``(C_out, C_in)`` of the first 4-D weight among a choice's candidates (the surrogates' size)."""
+    """``(C_out, C_in)`` of the largest dense conv among a choice's candidates (the surrogates' size).
+
+    Grouped (depthwise) convs are passed over, since their weight ``[C, 1, K, K]`` does not give the edge's input
+    width (DARTS's ``sep_conv`` starts with one), and so are smaller dense convs (the ``C/2``-wide halves of a
+    ``FactorizedReduce``); ties go to the first. The first 4-D weight is the fallback.
+    """
+    best, fallback = None, None
     for name in choice.names:
+        for module in choice[name].modules():
+            if isinstance(module, nn.Conv2d) and module.groups == 1:
+                shape = int(module.out_channels), int(module.in_channels)
+                best = shape if best is None or shape[0] * shape[1] > best[0] * best[1] else best
         for param in choice[name].parameters():
-            if param.dim() == 4:
-                return int(param.shape[0]), int(param.shape[1])
-    return None
+            if param.dim() == 4 and fallback is None:
+                fallback = int(param.shape[0]), int(param.shape[1])
+    return best or fallback
 
 
 def _surrogate(kind: str, module: nn.Module, choice: LayerChoice, policy: AnglePolicy) -> list[torch.Tensor]:
     """Constant tensors standing for a parameter-free candidate (same at theta_0 and theta_T)."""
     shape = _conv_shape(choice)
     if kind == 'pool' and policy.pool != 'empty' and shape is not None:
-        k = module.kernel_size if isinstance(module.kernel_size, int) else module.kernel_size[0]
+        pool = _pool_layer(module)
+        k = pool.kernel_size if isinstance(pool.kernel_size, int) else pool.kernel_size[0]
         dims = (shape[0], k, k) if policy.pool == 'const3d' else (shape[0], shape[1], k, k)
         return [torch.full(dims, 1.0 / (k * k), dtype=torch.float64)]
     if kind == 'skip' and policy.skip == 'identity' and shape is not None:
@@ -174,13 +216,14 @@ class _AngleScorer:
         return _pair_stats([(self._initial[n], t) for n, t in self._trained.items() if not n.startswith(inside)])
 
     def _candidate_stats(self, module_name: str, value: str) -> tuple[str, np.ndarray]:
+        """``(kind, stats)`` of one candidate: its trained parameters plus any constant surrogate."""
         choice = self.choice_modules[module_name]
         candidate = choice[value]
         kind = _op_kind(value, candidate)
-        if kind == 'weighted':
-            return kind, _pair_stats(self._params_under(f'{module_name}.{value}.'))
-        constant = _surrogate(kind, candidate, choice, self.policy)
-        return kind, _pair_stats([(c, c) for c in constant])
+        stats = _pair_stats(self._params_under(f'{module_name}.{value}.'))
+        if kind != 'weighted':  # pool (+ its BN), skip: constant parts identical at theta_0 and theta_T
+            stats += _pair_stats([(c, c) for c in _surrogate(kind, candidate, choice, self.policy)])
+        return kind, stats
 
     # -- encodings ----------------------------------------------------------------------------------------------
     def encode(self, archs: Sequence[Mapping[str, str]] | Mapping[str, str]) -> np.ndarray:
@@ -235,10 +278,9 @@ class _AngleScorer:
     def _candidate_vector(self, module_name: str, value: str, which: str) -> list[torch.Tensor]:
         choice = self.choice_modules[module_name]
         kind = _op_kind(value, choice[value])
-        if kind == 'weighted':
-            side = 0 if which == 'initial' else 1
-            return [pair[side] for pair in self._params_under(f'{module_name}.{value}.')]
-        return _surrogate(kind, choice[value], choice, self.policy)
+        side = 0 if which == 'initial' else 1
+        params = [pair[side] for pair in self._params_under(f'{module_name}.{value}.')]
+        return params if kind == 'weighted' else _surrogate(kind, choice[value], choice, self.policy) + params
 
     def _naive_from_pieces(self, pieces: list[tuple[str, str]], has_vector: bool) -> float:
         if not has_vector:
@@ -288,6 +330,42 @@ class ChoiceAngleScorer(_AngleScorer):
         return self._naive_from_pieces(pieces, True)
 
 
+# Up to this many architectures per call, one gather over all paths is faster (DARTS, 1 arch: ~40x); beyond, the
+# per-path loop is (DARTS, 2000 archs: ~10x), and its memory does not grow with paths x edges.
+_GATHER_MAX = 32
+
+
+class _PathGather:
+    """All paths of a :class:`PathAngleScorer` as padded index arrays, summed in one gather per call.
+
+    One call costs a few numpy operations whatever the number of paths (DARTS: 30 per cell), which is what makes
+    single-architecture calls (the evolutionary search's) fast. Row 0 of the flat table is the zero padding.
+    """
+
+    def __init__(self, paths: Sequence[Sequence[tuple[int, np.ndarray, int]]]):
+        depth = max((len(p) for p in paths), default=0)
+        shape = (len(paths), depth)
+        self.columns, self.base = np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64)
+        self.none, self.pad = np.full(shape, -1, dtype=np.int64), np.ones(shape, dtype=bool)
+        offsets: dict[int, int] = {}
+        tables = [np.zeros((1, 3))]
+        for p, path in enumerate(paths):
+            for e, (column, table, none_index) in enumerate(path):
+                if id(table) not in offsets:
+                    offsets[id(table)] = sum(len(t) for t in tables)
+                    tables.append(table)
+                self.columns[p, e], self.base[p, e] = column, offsets[id(table)]
+                self.none[p, e], self.pad[p, e] = none_index, False
+        self.table = np.concatenate(tables)
+
+    def __call__(self, encoded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        values = encoded[:, self.columns]  # [n, paths, depth]
+        rows = np.where(self.pad, 0, self.base + values)
+        valid = ~np.any((values == self.none) & ~self.pad, axis=2)  # [n, paths]: no `none` on the path
+        path_stats = self.table[rows].sum(axis=2) * valid[..., None]
+        return path_stats.sum(axis=1), valid.any(axis=1)
+
+
 class PathAngleScorer(_AngleScorer):
     """RLNAS's path-aware angle for cell spaces exposing ``cell_dags()`` (e.g. NAS-Bench-201).
 
@@ -305,6 +383,7 @@ class PathAngleScorer(_AngleScorer):
             edge_tables = [self._edge_table(module_name, label) for _, _, label, module_name in dag.edges]
             for path in dag.paths():
                 self._paths.append([edge_tables[k] for k in path])
+        self._gather = _PathGather(self._paths)
 
     def _edge_table(self, module_name: str, label: str) -> tuple[int, np.ndarray, int]:
         if module_name not in self.choice_modules:
@@ -318,7 +397,9 @@ class PathAngleScorer(_AngleScorer):
         return self.labels.index(label), table, none_index
 
     def _stats_of(self, encoded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        stats = np.zeros((len(encoded), 3))
+        if len(encoded) <= _GATHER_MAX:
+            return self._gather(encoded)  # few architectures (evolution): one gather over all paths
+        stats = np.zeros((len(encoded), 3))  # many (exhaustive ranking): a loop over paths, vectorised over archs
         has_vector = np.zeros(len(encoded), dtype=bool)
         for path in self._paths:
             valid = np.ones(len(encoded), dtype=bool)
