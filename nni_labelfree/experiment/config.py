@@ -57,9 +57,11 @@ class SearchConfig:
     max_minutes: float | None = None    # wall-clock budget of supernet training (Lightning max_time); None: no limit
     num_threads: int | None = None      # torch CPU threads (None: torch's default)
     # --- scoring and selection ------------------------------------------------------------------------------
-    angle_fixed: str = 'all'            # AnglePolicy.fixed: all | none (fixed layers in the angle vector or not)
-    angle_pool: str = 'const3d'         # AnglePolicy.pool: const3d | const4d | empty
-    angle_skip: str = 'empty'           # AnglePolicy.skip: empty | identity
+    # Angle parameterisation (AnglePolicy); null: the space's own default (NAS-Bench-201: all/const3d/empty,
+    # DARTS: all/const3d/identity, as in RLNAS's code for each space).
+    angle_fixed: str | None = None      # all | none (fixed layers in the angle vector or not)
+    angle_pool: str | None = None       # const3d | const4d | empty
+    angle_skip: str | None = None       # empty | identity
     search: str = 'auto'                # auto | exhaustive | evolution
     evolution: dict = field(default_factory=dict)  # keyword arguments of nni_labelfree.selection.evolve
     max_flops: float | None = None      # FLOPs limit for the evolution (NNI profiler), None: no limit
@@ -86,9 +88,9 @@ _CHOICES = {
     'task': ('rotation', 'colorization', 'jigsaw', 'supervised'),
     'label_mode': ('uniform_once', 'shuffle_once', 'uniform_per_iteration', 'shuffle_per_iteration'),
     'search': ('auto', 'exhaustive', 'evolution'),
-    'angle_fixed': ('all', 'none'),
-    'angle_pool': ('const3d', 'const4d', 'empty'),
-    'angle_skip': ('empty', 'identity'),
+    'angle_fixed': (None, 'all', 'none'),
+    'angle_pool': (None, 'const3d', 'const4d', 'empty'),
+    'angle_skip': (None, 'empty', 'identity'),
     'lightning_strategy': ('auto', 'ddp'),
 }
 _BOOLS = ('resume',)
@@ -132,7 +134,8 @@ def resolve_config(*layers: Mapping[str, Any] | None) -> SearchConfig:
 def _validate(config: SearchConfig) -> None:
     for key, allowed in _CHOICES.items():
         if getattr(config, key) not in allowed:
-            raise ValueError(f'Configuration {key}={getattr(config, key)!r} is not one of {", ".join(allowed)}.')
+            raise ValueError(f'Configuration {key}={getattr(config, key)!r} is not one of '
+                             f'{", ".join(str(a) for a in allowed)}.')
     for key in _POSITIVE:
         value = getattr(config, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

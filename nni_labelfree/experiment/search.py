@@ -88,7 +88,9 @@ def _build_strategy(config: SearchConfig, space: torch.nn.Module) -> RLNAS | UnN
         from nni_labelfree.selection import ProfilerConstraint
         constraint = ProfilerConstraint(space, torch.randn(1, 3, config.image_size, config.image_size),
                                         max_flops=config.max_flops, max_params=config.max_params)
-    policy = AnglePolicy(fixed=config.angle_fixed, pool=config.angle_pool, skip=config.angle_skip)
+    chosen = {'fixed': config.angle_fixed, 'pool': config.angle_pool, 'skip': config.angle_skip}
+    policy = AnglePolicy(**{**getattr(space, 'angle_policy_defaults', {}),
+                            **{k: v for k, v in chosen.items() if v is not None}})
     return RLNAS(num_classes=config.num_classes, label_mode=config.label_mode, seed=config.seed,
                  angle_policy=policy, search=config.search, evolution=config.evolution, constraint=constraint)
 
