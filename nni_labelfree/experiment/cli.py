@@ -8,6 +8,10 @@
 - ``nni-labelfree experiment experiment_configs/quickstart.yml [--port 8080] [--keep-ui]``: an NNI experiment with
   the web UI, followed in the terminal, then a summary table.
 - ``nni-labelfree trial --set key=value ...``: the trial entry point nnictl runs.
+- ``nni-labelfree correlate --archs 8 --tasks rotation,jigsaw,supervised --epochs 2 --data imagefolder
+  --data-root images.tar.gz --num-images 500 --output runs/corr``: UnNAS's sample-based experiment (Spearman's rho
+  of each pretext task's accuracies vs the supervised ones); ``--collect <experiment dir>`` after an nnictl run of
+  ``experiment_configs/unnas_correlate.yml``. See :mod:`nni_labelfree.experiment.correlate`.
 """
 from __future__ import annotations
 
@@ -48,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                             default=os.environ.get('KEEP_UI', '') not in ('', '0'),
                             help='keep the web UI up after the experiment ends (or set KEEP_UI=1)')
     experiment.add_argument('--timeout', type=float, default=None, help='stop the experiment after this many seconds')
+    correlate = sub.add_parser('correlate', help='sample archs, train each on pretext and supervised tasks, '
+                                                 'report Spearman rho (UnNAS sample-based study)')
+    from nni_labelfree.experiment.correlate import add_arguments
+    add_arguments(correlate)
     trial = sub.add_parser('trial', help='trial entry point (used by nnictl)')
     trial.add_argument('--set', dest='set_flags', action='append', default=[], metavar='KEY=VALUE')
     return parser
@@ -82,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == 'search':
             return _run_search(args)
+        if args.command == 'correlate':
+            from nni_labelfree.experiment.correlate import run_from_args
+            return run_from_args(args)
         if args.command == 'experiment':
             from nni_labelfree.experiment.launcher import run_experiment
             rows = run_experiment(args.config, port=args.port, keep_ui=args.keep_ui, timeout=args.timeout)
