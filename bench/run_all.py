@@ -24,6 +24,7 @@ def speed_benchmarks() -> None:
     for module, args in (('angle_speed', ['--channels', '16', '--cells', '5']),
                          ('step_time', ['--channels', '16', '--cells', '1', '--steps', '30', '--rounds', '5']),
                          ('checkpoint_overhead', []),
+                         ('rlnas_darts', []),
                          ('unnas_step_time', ['--channels', '8', '--cells', '1', '--batch', '16', '--steps', '10',
                                               '--rounds', '2'])):
         if _run(module, *args, '--out', str(RESULTS / f'{module}.json')).wait() != 0:
