@@ -8,7 +8,6 @@ a random sample of cells and extrapolated to 15,625. Target: decomposed < 1 s on
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import warnings
 
@@ -19,6 +18,8 @@ from nni.nas.oneshot.pytorch.strategy import RandomOneShot
 
 from nni_labelfree.metrics.angle import angle_scorer, parameter_snapshot
 from nni_labelfree.search_spaces import NasBench201Space
+
+from bench.common import emit_json
 
 
 def main() -> None:
@@ -56,11 +57,7 @@ def main() -> None:
               'naive_seconds_per_cell': naive_per_cell, 'naive_seconds_all_extrapolated': naive_per_cell * len(angles),
               'speedup': naive_per_cell * len(angles) / best[1],
               'max_abs_cos_difference': float(np.max(np.abs(np.cos(angles[rows]) - np.cos(naive))))}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, 'w') as handle:
-            handle.write(text + '\n')
+    emit_json(result, args.out)
 
 
 if __name__ == '__main__':

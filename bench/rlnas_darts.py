@@ -10,7 +10,6 @@ FLOPs limit from NNI's profiler (default: the median of random architectures, so
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import random
 import time
@@ -25,6 +24,8 @@ from nni_labelfree.metrics.angle import AnglePolicy, angle_scorer, parameter_sna
 from nni_labelfree.search_spaces import DartsSpace
 from nni_labelfree.search_spaces.darts import random_darts_sample
 from nni_labelfree.selection import DARTS_EVOLUTION, ProfilerConstraint, evolve
+
+from bench.common import emit_json
 
 _logger = logging.getLogger(__name__)
 
@@ -103,11 +104,7 @@ def main() -> None:
     result = {'space': f'darts C={args.width} cells={args.cells} affine', 'threads': torch.get_num_threads(),
               'angle': angle_speed(space, initial, args.archs, args.naive, args.seed),
               'evolution': constrained_evolution(space, initial, args.width, args.cells, args.image_size, args.seed)}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, 'w') as handle:
-            handle.write(text + '\n')
+    emit_json(result, args.out)
 
 
 if __name__ == '__main__':

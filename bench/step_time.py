@@ -10,12 +10,9 @@ after the first two, one warm-up round each. Reported: median per-step times and
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import time
 import warnings
 
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import TensorDataset
 
@@ -25,24 +22,12 @@ from nni.nas.oneshot.pytorch.strategy import RandomOneShot
 from nni_labelfree.search_spaces import NasBench201Space
 from nni_labelfree.strategies import RLNAS
 
-
-class _StepClock(pl.Callback):
-    """Time between consecutive batch starts: data loading, sampling, forward, backward and update of one step."""
-
-    def __init__(self):
-        self.starts: list[float] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.starts.append(time.perf_counter())
-
-    def step_seconds(self, skip: int = 2) -> float:
-        gaps = [b - a for a, b in zip(self.starts, self.starts[1:])][skip:]
-        return statistics.median(gaps)
+from bench.common import StepClock, emit_json
 
 
 def _fit_seconds(strategy, args, dataset) -> float:
     torch.manual_seed(0)
-    clock = _StepClock()
+    clock = StepClock()
     space = NasBench201Space(channels=args.channels, cells_per_stage=args.cells)
     loader = DataLoader(dataset, batch_size=args.batch, shuffle=True, drop_last=True)
     evaluator = Classification(train_dataloaders=loader, val_dataloaders=loader, num_classes=10, max_epochs=1,
@@ -78,11 +63,7 @@ def main() -> None:
               'rounds': args.rounds, 'threads': torch.get_num_threads(),
               'step_seconds_median': medians, 'step_seconds_all': times,
               'ratio_rlnas_over_random_one_shot': medians['RLNAS'] / medians['RandomOneShot']}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, 'w') as handle:
-            handle.write(text + '\n')
+    emit_json(result, args.out)
 
 
 if __name__ == '__main__':

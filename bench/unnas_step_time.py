@@ -18,12 +18,9 @@ after one warm-up round. Contenders:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import time
 import warnings
 
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import Subset, TensorDataset
 
@@ -33,24 +30,12 @@ from nni.nas.oneshot.pytorch.strategy import DARTS
 from nni_labelfree.search_spaces import NasBench201Space
 from nni_labelfree.strategies import UnNAS
 
+from bench.common import StepClock, emit_json
+
 __all__ = ['main']
 
 
-class _StepClock(pl.Callback):
-    """Time between consecutive batch starts: data, pretext transform, alpha step and weight step of one step."""
-
-    def __init__(self):
-        self.starts: list[float] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.starts.append(time.perf_counter())
-
-    def step_seconds(self, skip: int = 2) -> float:
-        gaps = [b - a for a, b in zip(self.starts, self.starts[1:])][skip:]
-        return statistics.median(gaps)
-
-
-def _evaluator(train: DataLoader, val: DataLoader | None, args, clock: _StepClock) -> Classification:
+def _evaluator(train: DataLoader, val: DataLoader | None, args, clock: StepClock) -> Classification:
     return Classification(train_dataloaders=train, val_dataloaders=val, num_classes=10, max_epochs=1,
                           limit_train_batches=args.steps, limit_val_batches=0, num_sanity_val_steps=0,
                           enable_progress_bar=False, logger=False, enable_checkpointing=False,
@@ -60,7 +45,7 @@ def _evaluator(train: DataLoader, val: DataLoader | None, args, clock: _StepCloc
 def _darts_seconds(args, dataset, batch: int) -> float:
     """NNI's DARTS: weights on the first half, alphas on the second, ``batch`` images each."""
     torch.manual_seed(0)
-    clock, half = _StepClock(), len(dataset) // 2
+    clock, half = StepClock(), len(dataset) // 2
     train = DataLoader(Subset(dataset, range(half)), batch_size=batch, shuffle=True, drop_last=True)
     val = DataLoader(Subset(dataset, range(half, 2 * half)), batch_size=batch, shuffle=True, drop_last=True)
     strategy = DARTS(gradient_clip_val=5.0)
@@ -73,7 +58,7 @@ def _darts_seconds(args, dataset, batch: int) -> float:
 def _unnas_seconds(args, dataset, task: str) -> float:
     """UnNAS: the same images split in halves inside the strategy, ``args.batch`` images per step."""
     torch.manual_seed(0)
-    clock = _StepClock()
+    clock = StepClock()
     loader = DataLoader(dataset, batch_size=args.batch, shuffle=True, drop_last=True)
     evaluator = _evaluator(loader, loader, args, clock)
     strategy = UnNAS(task, seed=0)
@@ -133,11 +118,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     n = 2 * 4 * args.batch * (args.steps + 1)  # both halves hold enough batches for DARTS-x4
     dataset = TensorDataset(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g))
-    text = json.dumps(_result(args, _measure(args, dataset)), indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, 'w') as handle:
-            handle.write(text + '\n')
+    emit_json(_result(args, _measure(args, dataset)), args.out)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,35 @@
+"""Pieces every benchmark shares: a Lightning step clock and printing/writing a JSON result."""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+
+__all__ = ['StepClock', 'emit_json']
+
+
+class StepClock(pl.Callback):
+    """Time between consecutive batch starts: everything one training step costs (data, sampling, updates)."""
+
+    def __init__(self):
+        self.starts: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.starts.append(time.perf_counter())
+
+    def step_seconds(self, skip: int = 2) -> float:
+        """Median step time, leaving out the first ``skip`` (warm-up) steps."""
+        gaps = [b - a for a, b in zip(self.starts, self.starts[1:])][skip:]
+        return statistics.median(gaps)
+
+
+def emit_json(result: Any, out: str | Path | None) -> None:
+    """Print a benchmark result as JSON and, if ``out`` is given, write it there too."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        Path(out).write_text(text + '\n')
