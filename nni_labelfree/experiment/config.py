@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ['SearchConfig', 'resolve_config', 'parse_value', 'STRATEGIES']
+__all__ = ['SearchConfig', 'resolve_config', 'merge_layers', 'parse_value', 'STRATEGIES']
 
 _logger = logging.getLogger(__name__)
 
@@ -114,9 +114,12 @@ def parse_value(text: str) -> Any:
     return value
 
 
-def resolve_config(*layers: Mapping[str, Any] | None) -> SearchConfig:
-    """Merge parameter layers (later wins) onto the defaults, refusing unknown keys and invalid values."""
-    valid = {f.name for f in dataclasses.fields(SearchConfig)}
+def merge_layers(layers: tuple, schema: type, what: str = 'configuration') -> dict[str, Any]:
+    """Merge mappings (later wins) after checking every key is a field of the dataclass ``schema``.
+
+    ``-`` in keys reads as ``_``; an unknown key raises ``ValueError`` naming it, a close match and the valid keys.
+    """
+    valid = {f.name for f in dataclasses.fields(schema)}
     merged: dict[str, Any] = {}
     for layer in layers:
         for key, value in (layer or {}).items():
@@ -124,8 +127,14 @@ def resolve_config(*layers: Mapping[str, Any] | None) -> SearchConfig:
             if key not in valid:
                 close = difflib.get_close_matches(key, valid, n=1)
                 hint = f' Did you mean {close[0]!r}?' if close else ''
-                raise ValueError(f'Unknown configuration key {key!r}.{hint} Valid keys: {", ".join(sorted(valid))}.')
+                raise ValueError(f'Unknown {what} key {key!r}.{hint} Valid keys: {", ".join(sorted(valid))}.')
             merged[key] = value
+    return merged
+
+
+def resolve_config(*layers: Mapping[str, Any] | None) -> SearchConfig:
+    """Merge parameter layers (later wins) onto the defaults, refusing unknown keys and invalid values."""
+    merged = merge_layers(layers, SearchConfig)
     config = SearchConfig(**merged)
     _validate(config)
     return config

@@ -40,6 +40,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from nni_labelfree.experiment.config import merge_layers
+
 __all__ = ['CorrelateConfig', 'resolve_correlate_config', 'sample_architectures', 'labeled_images',
            'train_and_evaluate', 'run_correlate', 'correlations', 'collect', 'main']
 
@@ -79,14 +81,7 @@ class CorrelateConfig:
 
 def resolve_correlate_config(*layers: Mapping[str, Any] | None) -> CorrelateConfig:
     """Merge layers onto the defaults (later wins) and validate; unknown keys and bad values raise ``ValueError``."""
-    valid = {f.name for f in dataclasses.fields(CorrelateConfig)}
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        for key, value in (layer or {}).items():
-            key = key.replace('-', '_')
-            if key not in valid:
-                raise ValueError(f'Unknown correlate key {key!r}. Valid keys: {", ".join(sorted(valid))}.')
-            merged[key] = value
+    merged = merge_layers(layers, CorrelateConfig, 'correlate')
     config = CorrelateConfig(**merged)
     config.tasks = _task_list(config.tasks)
     _validate(config)
