@@ -16,7 +16,7 @@ from nni_labelfree.experiment.correlate import (collect, correlations, labeled_i
 
 REPO = Path(__file__).resolve().parents[1]
 CORRELATE_YAML = REPO / 'experiment_configs' / 'correlate' / 'unnas_correlate.yml'
-CIFAR_JPEG = Path('/work/shared/data/images/cifar10_jpeg.tar.gz')
+CIFAR_JPEG = REPO.parent / 'shared' / 'data' / 'images' / 'cifar10_jpeg.tar.gz'
 TINY = dict(space='nasbench201', archs=4, tasks='rotation,supervised', epochs=1, channels=4, cells_per_stage=1,
             num_images=96, batch_size=16, image_size=16, seed=0)
 
