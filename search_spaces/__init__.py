@@ -6,13 +6,17 @@ from typing import Any, Callable
 from nni.nas.nn.pytorch import ModelSpace
 
 from .darts import DartsSpace
+from .mobilenet import MobileNetSpace
 from .nasbench201 import CellDAG, NasBench201Space
+from .resnest import ResNeStSpace
 
-__all__ = ['CellDAG', 'DartsSpace', 'NasBench201Space', 'create_space', 'list_spaces']
+__all__ = ['CellDAG', 'DartsSpace', 'MobileNetSpace', 'NasBench201Space', 'ResNeStSpace', 'create_space', 'list_spaces']
 
 _SPACES: dict[str, Callable[..., ModelSpace]] = {
     'nasbench201': NasBench201Space,
     'darts': DartsSpace,
+    'mobilenet': MobileNetSpace,
+    'resnest': ResNeStSpace,
 }
 
 

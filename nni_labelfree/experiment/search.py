@@ -76,6 +76,15 @@ def _build_space(config: SearchConfig) -> torch.nn.Module:
         return create_space('darts', width=config.channels, num_cells=config.num_cells,
                             num_classes=config.num_classes, in_channels=in_channels,
                             affine=config.strategy == 'rlnas')
+    if config.space == 'mobilenet':
+        # channels = the first block's width (RLNAS: 24), cells_per_stage = choice blocks per stage (RLNAS: 4; the
+        # last stage always has 1); images up to 64 px get the CIFAR stem (8x downsampling), larger ones ImageNet's.
+        # Below full width, widths round to multiples of 4 rather than 8 so that small supernets stay small.
+        from nni_labelfree.search_spaces.mobilenet import RLNAS_WIDTHS
+        return create_space('mobilenet', width_mult=config.channels / RLNAS_WIDTHS[1],
+                            stage_depths=(config.cells_per_stage,) * 5 + (1,), num_classes=config.num_classes,
+                            in_channels=in_channels, stem='cifar' if config.image_size <= 64 else 'imagenet',
+                            channel_divisor=8 if config.channels >= RLNAS_WIDTHS[1] else 4)
     return create_space(config.space, channels=config.channels, cells_per_stage=config.cells_per_stage,
                         num_classes=config.num_classes, in_channels=in_channels)
 
