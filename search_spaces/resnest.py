@@ -17,6 +17,10 @@ block, *outside* the ``LayerChoice``, and is applied once per forward: NNI's one
 or EMA over ``parameters()`` sees its weights once. ``share_downsample=False`` gives every candidate its own
 projection (the paper's Table 7 ablation).
 
+**Full size** (``base_width=64``, 224x224, NNI's profiler counting convolutions and the classifier): every block
+``2s1x64d`` is ResNeSt-50, 27.48M parameters and 5.37G multiply-accumulates (ResNeSt reports 27.5M, 5.39G);
+Pi-NAS-cls has 27.05M and 5.33G (the paper: 27.1M, 5.38G).
+
 **Architectures** are dicts ``{'block0': '2s2x40d', ...}``; :func:`arch_from_indices` converts the paper's
 index lists (e.g. :data:`PINAS_CLS_INDICES`) and :func:`indices_from_arch` back.
 """
@@ -175,6 +179,8 @@ class ResNeStSpace(ModelSpace):
         self.num_features = c_in
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_in, num_classes)
+        _logger.debug('ResNeStSpace: %d choice blocks, %d features, attention floor %d, %s downsample',
+                      self.num_blocks, c_in, floor, 'shared' if share_downsample else 'per-candidate')
 
     @property
     def num_blocks(self) -> int:

@@ -59,8 +59,11 @@ def group_width(planes: int, spec: BlockSpec) -> int:
     multiple of the radix; that only changes widths below ResNet-50's (e.g. ``planes=8``: 2s2x40d gets 6 channels
     per group instead of 5).
     """
-    per_group = max(1, planes * spec.bottleneck_width // 64)
-    per_group = -(-per_group // spec.radix) * spec.radix
+    exact = max(1, planes * spec.bottleneck_width // 64)
+    per_group = -(-exact // spec.radix) * spec.radix
+    if per_group != exact:
+        _logger.debug('group_width: %d planes, %s: %d channels per group raised to %d (a multiple of radix %d)',
+                      planes, spec, exact, per_group, spec.radix)
     return per_group * spec.cardinality
 
 

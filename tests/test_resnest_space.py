@@ -218,6 +218,8 @@ def _direct_count(net: nn.Module, x: torch.Tensor) -> int:
     ({}, (1, 3, 32, 32), [3, 0, 1, 2], (3594291, 34815)),
     ({'stem': 'imagenet', 'in_channels': 1, 'depths': (2, 1, 1, 1)}, (1, 1, 64, 64), [1, 2, 3, 3, 0],
      (1193553, 34827)),
+    # odd sizes (20 -> 10 -> 5 -> 3: ceil-mode pooling in the projection), one projection per candidate
+    ({'share_downsample': False}, (1, 3, 20, 20), [0, 1, 2, 3], (1428365, 34353)),
 ])
 def test_profiler_golden_numbers_match_a_direct_count(kwargs, shape, indices, golden):
     space = tiny(**kwargs)
