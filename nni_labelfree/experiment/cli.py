@@ -7,6 +7,8 @@
   ``--accelerator cpu --devices 2 --lightning-strategy ddp`` trains with two DDP processes.
 - ``nni-labelfree experiment experiment_configs/quickstart.yml [--port 8080] [--keep-ui]``: an NNI experiment with
   the web UI, followed in the terminal, then a summary table.
+- ``nni-labelfree retrain --arch runs/x/arch.json --data cifar10 [--preset nb201|darts|cpu] --output D``: train an
+  exported architecture from scratch with real labels (see :mod:`nni_labelfree.experiment.retrain`).
 - ``nni-labelfree trial --set key=value ...``: the trial entry point nnictl runs.
 - ``nni-labelfree correlate --archs 8 --tasks rotation,jigsaw,supervised --epochs 2 --data imagefolder
   --data-root images.tar.gz --num-images 500 --output runs/corr``: UnNAS's sample-based experiment (Spearman's rho
@@ -56,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  'report Spearman rho (UnNAS sample-based study)')
     from nni_labelfree.experiment.correlate import add_arguments
     add_arguments(correlate)
+    retrain = sub.add_parser('retrain', help='train an exported architecture from scratch with real labels')
+    from nni_labelfree.experiment.retrain import add_arguments as add_retrain_arguments
+    add_retrain_arguments(retrain)
     trial = sub.add_parser('trial', help='trial entry point (used by nnictl)')
     trial.add_argument('--set', dest='set_flags', action='append', default=[], metavar='KEY=VALUE')
     return parser
@@ -93,6 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == 'correlate':
             from nni_labelfree.experiment.correlate import run_from_args
             return run_from_args(args)
+        if args.command == 'retrain':
+            from nni_labelfree.experiment.retrain import run_from_args as run_retrain_from_args
+            return run_retrain_from_args(args)
         if args.command == 'experiment':
             from nni_labelfree.experiment.launcher import run_experiment
             rows = run_experiment(args.config, port=args.port, keep_ui=args.keep_ui, timeout=args.timeout)
