@@ -24,14 +24,14 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
 from nni.nas.nn.pytorch import ModelSpace
 from nni.nas.oneshot.pytorch.sampling import RandomSamplingLightningModule
 from nni.nas.oneshot.pytorch.strategy import RandomOneShot
 from nni.nas.space import RawFormatModelSpace
 
-from nni_labelfree.data import RandomLabelDataset, derive_seed
+from nni_labelfree.data import EpochShuffleSampler, RandomLabelDataset
 from nni_labelfree.metrics.angle import AnglePolicy, angle_scorer, parameter_snapshot, plain_architecture
 from nni_labelfree.selection import evolve
 
@@ -40,46 +40,6 @@ __all__ = ['RLNAS', 'RLNASModule', 'EpochShuffleSampler']
 _logger = logging.getLogger(__name__)
 
 _SEARCH_MODES = ('auto', 'exhaustive', 'evolution')
-# Mixed into the shuffle seeds so they never coincide with the random-label seeds derived from the same base seed.
-_SHUFFLE_STREAM = 0x5348_5546
-
-
-class EpochShuffleSampler(Sampler[int]):
-    """A random order of ``range(size)`` that is a pure function of ``(seed, epoch)``.
-
-    A ``RandomSampler`` with a generator seeded once draws epoch ``e``'s order after every earlier epoch's, so a
-    search resumed at epoch ``e`` would see other batches than an uninterrupted one. Call :meth:`set_epoch` before
-    iterating (Lightning does, and so does :class:`RLNASModule`). Under DDP Lightning wraps it in a
-    ``DistributedSamplerWrapper``: each rank reads its own shard of the same order.
-
-    Parameters
-    ----------
-    size
-        Number of items (``len(dataset)``).
-    seed
-        Non-negative base seed.
-    """
-
-    def __init__(self, size: int, seed: int) -> None:
-        if size < 1:
-            raise ValueError(f'EpochShuffleSampler needs at least one item, got size={size}.')
-        derive_seed(seed)  # validates the seed early
-        self.size, self.seed, self.epoch = int(size), int(seed), 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the order of ``epoch`` (0-based)."""
-        if epoch < 0:
-            raise ValueError(f'epoch must be >= 0, got {epoch}.')
-        self.epoch = int(epoch)
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(derive_seed(self.seed, _SHUFFLE_STREAM, self.epoch))
-        return iter(torch.randperm(self.size, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.size
-
-
 def _rng_state_to_plain(rng: np.random.RandomState) -> dict[str, Any]:
     """A numpy ``RandomState`` state as a tensor and plain values, so ``torch.load(weights_only=True)`` reads it."""
     name, keys, pos, has_gauss, cached_gaussian = rng.get_state(legacy=True)

@@ -25,11 +25,11 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset
 
 from nni.nas.nn.pytorch import ModelSpace
-from nni.nas.oneshot.pytorch.differentiable import DartsLightningModule
 from nni.nas.oneshot.pytorch.strategy import DARTS
 
-from nni_labelfree.data import TrueLabelDataset, pretext_dataset
+from nni_labelfree.data import EpochShuffleSampler, TrueLabelDataset, pretext_dataset
 from nni_labelfree.heads import PRETEXT_TASKS, PretextNetwork
+from nni_labelfree.strategies.darts_base import OrderedDartsModule
 
 __all__ = ['UnNAS', 'UnNASModule', 'count_skip_connections']
 
@@ -45,16 +45,18 @@ def count_skip_connections(arch: dict) -> int:
     return sum(1 for v in (normal or arch).values() if v == 'skip_connect')
 
 
-class UnNASModule(DartsLightningModule):
+class UnNASModule(OrderedDartsModule):
     """The Lightning module behind :class:`UnNAS`: pretext losses in the DARTS step, space-aware export."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.task_datasets: list = []  # datasets drawing new pretext samples each epoch (jigsaw's set_epoch)
+        # Everything whose draw depends on the epoch (jigsaw's tiles, the shuffle order) is told the epoch, so a
+        # search resumed from an epoch checkpoint sees exactly the batches an uninterrupted one would.
+        self.epoch_dependents: list = []
 
     def on_train_epoch_start(self) -> None:
-        for dataset in self.task_datasets:
-            dataset.set_epoch(self.trainer.current_epoch)
+        for dependent in self.epoch_dependents:
+            dependent.set_epoch(self.trainer.current_epoch)
         return super().on_train_epoch_start()
 
     def _pretext_step(self, batch: Any, prefix: str | None) -> torch.Tensor:
@@ -177,11 +179,11 @@ class UnNAS(DARTS):
         loaders = []
         for offset, indices in ((0, range(half)), (1, range(half, 2 * half))):
             task_data = self._task_dataset(Subset(dataset, list(indices)), self.seed + offset)
-            if self._module is not None and hasattr(task_data, 'set_epoch'):
-                self._module.task_datasets.append(task_data)
-            loaders.append(DataLoader(task_data, batch_size=loader.batch_size, shuffle=True, drop_last=True,
-                                      num_workers=loader.num_workers, collate_fn=getattr(task_data, 'collate_fn', None),
-                                      generator=torch.Generator().manual_seed(self.seed + offset)))
+            sampler = EpochShuffleSampler(len(task_data), self.seed + offset)
+            if self._module is not None:
+                self._module.epoch_dependents += [d for d in (task_data, sampler) if hasattr(d, 'set_epoch')]
+            loaders.append(DataLoader(task_data, batch_size=loader.batch_size, sampler=sampler, drop_last=True,
+                                      num_workers=loader.num_workers, collate_fn=getattr(task_data, 'collate_fn', None)))
         return loaders[0], loaders[1]
 
     def train_dataloader(self, train_dataloader_fn, val_dataloader_fn):

@@ -24,7 +24,8 @@ import torch
 from nni_labelfree.experiment import cli
 from nni_labelfree.experiment.checkpoint import (CheckpointError, atomic_save, checkpoint_metadata, checkpoint_path,
                                                  list_checkpoints, load_checkpoint, newest_valid_checkpoint)
-from nni_labelfree.strategies.rlnas import EpochShuffleSampler, _rng_state_from_plain, _rng_state_to_plain
+from nni_labelfree.data import EpochShuffleSampler
+from nni_labelfree.strategies.rlnas import _rng_state_from_plain, _rng_state_to_plain
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).parent / 'nni-labelfree'
@@ -33,18 +34,18 @@ FLAGS = {'data': 'noise', 'channels': 4, 'cells_per_stage': 1, 'num_images': 128
          'epochs': EPOCHS, 'num_threads': 1, 'seed': 3}
 
 
-def _argv(output: Path, **overrides) -> list[str]:
+def _argv(output: Path, flags: dict = FLAGS, **overrides) -> list[str]:
     argv = ['search', '--output', str(output)]
-    for key, value in {**FLAGS, **overrides}.items():
+    for key, value in {**flags, **overrides}.items():
         argv += [f'--{key.replace("_", "-")}', str(value)]
     return argv
 
 
-def _search_in_process(output: Path, **overrides) -> int:
+def _search_in_process(output: Path, flags: dict = FLAGS, **overrides) -> int:
     threads = torch.get_num_threads()
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            return cli.main(_argv(output, **overrides))
+            return cli.main(_argv(output, flags, **overrides))
     finally:
         torch.set_num_threads(threads)  # the search sets one thread; the rest of the session keeps its own
 
@@ -56,7 +57,8 @@ def _assert_same_search(run: Path, reference: Path) -> None:
     assert got == want  # arch, angle, top-10 angles, test_acc, kendall_tau, train_loss, seed
     assert json.loads((run / 'metrics.json').read_text()) == json.loads((reference / 'metrics.json').read_text())
     final, ref = (torch.load(d / 'checkpoints' / 'supernet_final.pt', weights_only=True) for d in (run, reference))
-    for part in ('initial', 'final'):
+    assert final.keys() == ref.keys() and final['final']  # UnNAS keeps no initial weights: None on both
+    for part in (p for p in ('initial', 'final') if ref[p] is not None):
         assert final[part].keys() == ref[part].keys()
         assert all(torch.equal(final[part][k], ref[part][k]) for k in ref[part]), part
 
@@ -70,10 +72,11 @@ def reference(tmp_path_factory) -> Path:
 
 
 # --- kill and resume ------------------------------------------------------------------------------------------------
-def _start_and_kill_after(output: Path, epochs_done: int, log: Path, timeout: float = 240) -> None:
+def _start_and_kill_after(output: Path, epochs_done: int, log: Path, timeout: float = 240,
+                          flags: dict = FLAGS) -> None:
     wanted = checkpoint_path(output / 'checkpoints', epochs_done)
     with open(log, 'wb') as sink:
-        proc = subprocess.Popen([str(SCRIPT), *_argv(output)], stdout=sink, stderr=subprocess.STDOUT, cwd=REPO)
+        proc = subprocess.Popen([str(SCRIPT), *_argv(output, flags)], stdout=sink, stderr=subprocess.STDOUT, cwd=REPO)
         try:
             deadline = time.monotonic() + timeout
             while not wanted.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -100,6 +103,25 @@ def test_sigkilled_search_resumes_to_the_uninterrupted_result(tmp_path, referenc
     assert not list((output / 'checkpoints').glob('.*.tmp'))  # a write cut by the kill is cleared
     history = json.loads((output / 'metrics.json').read_text())
     assert [m['epoch'] for m in history] == list(range(1, EPOCHS + 1))  # epochs before the kill are kept
+
+
+# UnNAS (DARTS on jigsaw): alphas, both optimisers, the shuffle order and jigsaw's per-epoch tiles must come back.
+UNNAS_FLAGS = {'strategy': 'unnas', 'task': 'jigsaw', 'data': 'noise', 'channels': 4, 'cells_per_stage': 1,
+               'num_images': 192, 'batch_size': 16, 'epochs': 10, 'num_threads': 1, 'seed': 5}
+
+
+def test_sigkilled_unnas_search_resumes_to_the_uninterrupted_result(tmp_path):
+    reference = tmp_path / 'reference'
+    assert _search_in_process(reference, UNNAS_FLAGS) == 0
+    output = tmp_path / 'out'
+    _start_and_kill_after(output, KILL_AFTER, tmp_path / 'killed.log', flags=UNNAS_FLAGS)
+    done = subprocess.run([str(SCRIPT), *_argv(output, UNNAS_FLAGS)], capture_output=True, text=True, timeout=300,
+                          cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert 'Resuming the search from' in done.stderr, done.stderr[-3000:]
+    _assert_same_search(output, reference)  # same genotype, per-epoch pretext loss and skip counts, same alphas
+    checkpoint = torch.load(checkpoint_path(output / 'checkpoints', UNNAS_FLAGS['epochs']), weights_only=True)
+    assert any(k.endswith('_arch_alpha') for k in checkpoint['state_dict']) and len(checkpoint['optimizer_states']) == 2
 
 
 def test_checkpoints_are_lightning_checkpoints_of_the_whole_search(reference):

@@ -36,3 +36,16 @@ __all__ += [
 from .true_labels import TrueLabelDataset  # noqa: E402
 
 __all__ = [*__all__, 'TrueLabelDataset']
+from .samplers import EpochShuffleSampler  # noqa: E402
+
+__all__ = [*__all__, 'EpochShuffleSampler']
+
+# UnrealNAS's unreal data (fractals, RLRD/RLGD/RLRN with flipped validation sets).
+from .fractal import (FRACTAL_MEAN, FRACTAL_STD, FractalImages, IFSCategory, load_categories,  # noqa: E402
+                      render_fractals, save_categories, search_categories)
+from .unreal import (PAPER_NUM_CLASSES, UNREAL_KINDS, HorizontalFlipDataset, default_num_classes,  # noqa: E402
+                     unreal_dataset)
+
+__all__ += ['FRACTAL_MEAN', 'FRACTAL_STD', 'FractalImages', 'IFSCategory', 'load_categories', 'render_fractals',
+            'save_categories', 'search_categories', 'PAPER_NUM_CLASSES', 'UNREAL_KINDS', 'HorizontalFlipDataset',
+            'default_num_classes', 'unreal_dataset']
