@@ -224,7 +224,7 @@ class MobileNetSpace(ModelSpace):
         return self.classifier(self.global_pooling(self.features(x)).flatten(1))
 
     def freeze(self, sample: dict) -> nn.Module:
-        """NNI's freeze after checking ``sample``: the chosen blocks are shared with this space (deepcopy to decouple)."""
+        """NNI's freeze after checking ``sample``; the chosen blocks stay shared with the space (deepcopy them)."""
         _check_sample(sample, self.block_choices, 'MobileNetSpace.freeze')
         return super().freeze(sample)
 
