@@ -15,6 +15,7 @@ from nni_labelfree.search_spaces import list_spaces
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / 'experiment_configs').glob('*.yml'))
+CONFIGS = [p for p in CONFIGS if not p.name.startswith('retrain_')]  # retrain trials: tests/test_retrain.py
 TRIAL_PREFIX = ['python3', '-m', 'nni_labelfree.experiment.trial']
 VALID_KEYS = {f.name for f in dataclasses.fields(SearchConfig)}
 
