@@ -5,8 +5,9 @@
   Every key of :class:`~nni_labelfree.experiment.config.SearchConfig` is a flag (``--num-images 500``).
   Rerunning a killed search with the same flags and ``--output`` resumes it (``--resume false`` starts over);
   ``--accelerator cpu --devices 2 --lightning-strategy ddp`` trains with two DDP processes.
-- ``nni-labelfree experiment experiment_configs/quickstart.yml [--port 8080] [--keep-ui]``: an NNI experiment with
-  the web UI, followed in the terminal, then a summary table.
+- ``nni-labelfree experiment experiment_configs/quickstart.yml [--port 8080] [--keep-ui] [--then-retrain X]``: an
+  NNI experiment with the web UI, followed in the terminal, then a summary table; ``--resume <id>`` / ``--view <id>``
+  mirror nnictl (see :mod:`nni_labelfree.experiment.launcher_cli`).
 - ``nni-labelfree retrain --arch runs/x/arch.json --data cifar10 [--preset nb201|darts|cpu] --output D``: train an
   exported architecture from scratch with real labels (see :mod:`nni_labelfree.experiment.retrain`).
 - ``nni-labelfree trial --set key=value ...``: the trial entry point nnictl runs.
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import sys
 import warnings
 from typing import Sequence
@@ -48,12 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument('--output', '-o', default=None, help='output folder (default: runs/<strategy>-<space>-<data>-s<seed>)')
     _add_config_flags(search)
     experiment = sub.add_parser('experiment', help='run an nnictl experiment with the web UI and print a summary')
-    experiment.add_argument('config', help='experiment YAML, e.g. experiment_configs/quickstart.yml')
-    experiment.add_argument('--port', type=int, default=int(os.environ.get('NNI_LABELFREE_PORT', 8080)))
-    experiment.add_argument('--keep-ui', action='store_true',
-                            default=os.environ.get('KEEP_UI', '') not in ('', '0'),
-                            help='keep the web UI up after the experiment ends (or set KEEP_UI=1)')
-    experiment.add_argument('--timeout', type=float, default=None, help='stop the experiment after this many seconds')
+    from nni_labelfree.experiment.launcher_cli import add_experiment_arguments
+    add_experiment_arguments(experiment)
     correlate = sub.add_parser('correlate', help='sample archs, train each on pretext and supervised tasks, '
                                                  'report Spearman rho (UnNAS sample-based study)')
     from nni_labelfree.experiment.correlate import add_arguments
@@ -102,9 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from nni_labelfree.experiment.retrain import run_from_args as run_retrain_from_args
             return run_retrain_from_args(args)
         if args.command == 'experiment':
-            from nni_labelfree.experiment.launcher import run_experiment
-            rows = run_experiment(args.config, port=args.port, keep_ui=args.keep_ui, timeout=args.timeout)
-            return 0 if rows and all(r['status'] == 'SUCCEEDED' for r in rows) else 1
+            from nni_labelfree.experiment.launcher_cli import run_from_args as run_experiment_from_args
+            return run_experiment_from_args(args)
         from nni_labelfree.experiment.trial import main as trial_main
         return trial_main([f'--set={pair}' for pair in args.set_flags])
     except (ValueError, FileNotFoundError, TypeError) as err:

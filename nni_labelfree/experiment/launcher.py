@@ -1,33 +1,58 @@
-"""Start an nnictl experiment from Python, follow it in the terminal, and print a summary table.
+"""Start, resume or view an nnictl experiment from Python, follow it in the terminal, print a summary table.
 
 ``nni-labelfree experiment experiment_configs/quickstart.yml`` is what ``make run`` calls: it starts NNI's manager
-and web UI (URL printed), waits for every trial, prints one row per trial (data, seed, exported NAS-Bench-201
-string, its CIFAR-10 test accuracy, Kendall tau of the angle ranking, wall time), writes the table as CSV and JSON
-next to the experiment, and stops the manager unless ``keep_ui`` is set.
+and web UI (URL printed), waits for every trial, prints one row per trial (search experiments: data, seed, exported
+architecture, its table accuracy, Kendall tau; retrain experiments: test accuracy, parameters, FLOPs), writes the
+table as CSV and JSON next to the experiment, and stops the manager unless ``keep_ui`` is set.
+
+- ``--resume <id>`` / ``--view <id>`` mirror ``nnictl resume`` / ``nnictl view`` (NNI's
+  ``Experiment(config, id).resume()`` / ``Experiment(None, id).view()``): the id must be in NNI's experiment list
+  (``~/nni-experiments/.experiment``) and stopped.
+- ``--then-retrain <retrain config.yml | preset>`` chains a retrain experiment after a search
+  (:mod:`nni_labelfree.experiment.launcher_chain`).
+- GPU configs are checked and rewritten so NNI 3.0's local scheduler runs one trial per GPU
+  (:mod:`nni_labelfree.experiment.gpu`); configurations that would wait forever are refused before starting.
 """
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import os
 import re
 import socket
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
-__all__ = ['run_experiment', 'load_experiment_config', 'summarize_trials']
+from nni_labelfree.experiment.gpu import apply_gpu_dispatch
+from nni_labelfree.experiment.launcher_summary import (COMBINED_COLUMNS, SUMMARY_COLUMNS, columns_for, print_table,
+                                                       summarize_trials, write_summary)
+
+__all__ = ['run_experiment', 'resume_experiment', 'view_experiment', 'load_experiment_config', 'summarize_trials',
+           'known_experiment', 'ExperimentRun', 'SUMMARY_COLUMNS']
 
 _logger = logging.getLogger(__name__)
 
 _FINAL_TRIAL_STATES = {'SUCCEEDED', 'FAILED', 'USER_CANCELED', 'SYS_CANCELED', 'EARLY_STOPPED'}
 _FINAL_EXPERIMENT_STATES = {'DONE', 'ERROR', 'STOPPED'}
 _NO_MORE_TRIAL_STATES = {'NO_MORE_TRIAL', 'TUNER_NO_MORE_TRIAL'}
-SUMMARY_COLUMNS = ('trial', 'status', 'data', 'seed', 'arch', 'test_acc', 'kendall_tau', 'train_loss', 'wall_time')
+_SECOND_PORT_PLATFORMS = {'hybrid', 'remote', 'openpai', 'kubeflow', 'frameworkcontroller', 'adl'}
+
+
+@dataclass
+class ExperimentRun:
+    """What one followed experiment left: its id, final status, summary rows and each trial's output folder."""
+
+    id: str
+    status: str
+    rows: list[dict] = field(default_factory=list)
+    columns: Sequence[str] = SUMMARY_COLUMNS
+    trial_dirs: dict[str, Path] = field(default_factory=dict)
+    summary_dir: Path | None = None
+    config: Any = None
 
 
 def load_experiment_config(path: str | Path):
@@ -42,21 +67,40 @@ def load_experiment_config(path: str | Path):
     try:
         config = ExperimentConfig.load(str(path))
         config.validate()
-    except (AttributeError, TypeError, ValueError) as err:
+    except (AttributeError, TypeError, ValueError, AssertionError) as err:
         # NNI's loader leaves its global base path set when it fails; clear it so later loads work.
         from nni.experiment.config.utils import unset_base_path
         unset_base_path()
-        raise ValueError(f'{path} is not a valid NNI experiment config: {err}') from None
+        reason = str(err) or f'a value out of range ({type(err).__name__}; e.g. a negative number)'
+        raise ValueError(f'{path} is not a valid NNI experiment config: {reason}') from None
     return config
 
 
-def _check_port_free(port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+def _check_port_free(port: int, platform: str | None = None) -> None:
+    ports = [port, port + 1] if platform in _SECOND_PORT_PLATFORMS else [port]
+    for number in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # Like the manager's server (Node sets SO_REUSEADDR): a port left in TIME_WAIT by a stopped experiment
+            # is free, a bound or listening one is not (binding, not connecting, catches a bound idle port).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(('', number))
+            except OSError:
+                extra = f' (the {platform} training service also needs port {port}+1)' if number != port else ''
+                raise ValueError(f'Port {number} is in use{extra} (another NNI experiment?). Choose another with '
+                                 f'--port, or stop the other experiment (nnictl stop --all).') from None
+
+
+def _wait_port_free(port: int, seconds: float = 30.0) -> None:
+    """The manager of the previous experiment may hold the port for a moment after it stopped."""
+    deadline = time.time() + seconds
+    while True:
         try:
-            sock.bind(('', port))  # binding, not connecting: a bound but idle port is taken too
-        except OSError:
-            raise ValueError(f'Port {port} is in use (another NNI experiment?). Choose another with --port, or stop '
-                             f'the other experiment (nnictl stop --all).') from None
+            return _check_port_free(port)
+        except ValueError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _set_flag(command: str, key: str) -> str | None:
@@ -80,52 +124,19 @@ def _drop_unavailable_image_folder(config) -> None:
     config.search_space = {**space, 'data': {**data, '_value': remaining}}
 
 
-def _final_metric(metrics: list) -> dict:
-    for metric in metrics:
-        if metric.type == 'FINAL':
-            value = json.loads(metric.data) if isinstance(metric.data, str) else metric.data
-            value = json.loads(value) if isinstance(value, str) else value
-            return value if isinstance(value, dict) else {'default': value}
-    return {}
+def _use_this_python() -> None:
+    """Trials run the first ``python3`` on PATH (nni3.md): make it this interpreter, with its packages."""
+    bin_dir = str(Path(sys.executable).parent)
+    if os.environ.get('PATH', '').split(os.pathsep)[0] != bin_dir:
+        os.environ['PATH'] = bin_dir + os.pathsep + os.environ.get('PATH', '')
 
 
-def summarize_trials(experiment) -> list[dict[str, Any]]:
-    """One row per trial with its parameters, status and final metrics."""
-    rows = []
-    all_metrics = experiment.get_job_metrics()
-    for job in sorted(experiment.list_trial_jobs(), key=lambda j: j.trialJobId):
-        params = job.hyperParameters[0].parameters if job.hyperParameters else {}
-        final = _final_metric(all_metrics.get(job.trialJobId, []))
-        # A trial's own report wins: NNI 3.0 may hand queued parameters to another trial than it records.
-        rows.append({'trial': job.trialJobId, 'status': job.status, 'data': final.get('data', params.get('data', '')),
-                     'seed': final.get('seed', params.get('seed', '')), 'arch': final.get('arch', ''),
-                     'test_acc': final.get('test_acc', ''), 'kendall_tau': final.get('kendall_tau', ''),
-                     'train_loss': final.get('train_loss', ''), 'wall_time': final.get('wall_time', '')})
-    return rows
-
-
-def _format_cell(value: Any) -> str:
-    return f'{value:.4f}' if isinstance(value, float) else str(value)
-
-
-def print_table(rows: list[dict], columns=SUMMARY_COLUMNS) -> str:
-    """A plain-text table of the rows (also returned)."""
-    cells = [[_format_cell(r.get(c, '')) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    lines = ['  '.join(c.ljust(w) for c, w in zip(columns, widths))]
-    lines += ['  '.join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    text = '\n'.join(lines)
-    print(text, flush=True)
-    return text
-
-
-def _write_summary(rows: list[dict], directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / 'summary.json').write_text(json.dumps(rows, indent=2) + '\n')
-    with open(directory / 'summary.csv', 'w', newline='') as handle:
-        writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS, extrasaction='ignore')
-        writer.writeheader()
-        writer.writerows(rows)
+def _prepare(config, port: int) -> None:
+    """Every check that can fail, before the manager starts."""
+    _check_port_free(port, config.training_service.platform)
+    for note in apply_gpu_dispatch(config):
+        print(f'GPU dispatch: {note}', flush=True)
+    _use_this_python()
 
 
 def _wait(experiment, poll_seconds: float, timeout: float | None) -> str:
@@ -147,35 +158,179 @@ def _wait(experiment, poll_seconds: float, timeout: float | None) -> str:
         time.sleep(poll_seconds)
 
 
-def run_experiment(config_path: str | Path, port: int = 8080, keep_ui: bool = False, poll_seconds: float = 3.0,
-                   timeout: float | None = None) -> list[dict]:
-    """Start the experiment in ``config_path``, wait for it, print and save the summary; returns its rows."""
-    from nni.experiment import Experiment
-    config = load_experiment_config(config_path)
-    _check_port_free(port)
-    _drop_unavailable_image_folder(config)
-    # Trials run the first `python3` on PATH (nni3.md): make it this interpreter, with its packages.
-    bin_dir = str(Path(sys.executable).parent)
-    if os.environ.get('PATH', '').split(os.pathsep)[0] != bin_dir:
-        os.environ['PATH'] = bin_dir + os.pathsep + os.environ.get('PATH', '')
-    experiment = Experiment(config)
-    experiment.start(port)
+def _trial_dirs(experiment, workdir: Path) -> dict[str, Path]:
+    """Each trial's output folder (local training service: ``<workdir>/<id>/environments/<env>/trials/<trial>``)."""
+    dirs = {}
+    for job in experiment.list_trial_jobs():
+        log_path = getattr(job, 'logPath', None)
+        default = workdir / experiment.id / 'environments' / 'local-env' / 'trials' / job.trialJobId
+        dirs[job.trialJobId] = Path(log_path) if log_path and Path(log_path).is_dir() else default
+    return dirs
+
+
+def _keep_ui_up(port: int) -> None:
+    print(f'Web UI kept up at http://localhost:{port}; press Ctrl-C to stop.', flush=True)
+    while True:
+        time.sleep(3600)
+
+
+def _follow(experiment, config, port: int, keep_ui: bool, poll_seconds: float,
+            timeout: float | None) -> ExperimentRun:
+    """Wait for the experiment, print and save its summary, stop it (after Ctrl-C when ``keep_ui``)."""
     print(f'NNI web UI: http://localhost:{port}  (experiment {experiment.id})', flush=True)
+    columns = columns_for(config)
+    run = ExperimentRun(experiment.id, 'INTERRUPTED', columns=columns, config=config)
     try:
-        status = _wait(experiment, poll_seconds, timeout)
-        rows = summarize_trials(experiment)
-        print(f'\nExperiment {experiment.id} finished with status {status}:')
-        print_table(rows)
-        out = Path(config.canonical_copy().experiment_working_directory).expanduser() / experiment.id
-        _write_summary(rows, out)
-        print(f'\nSummary written to {out}/summary.csv and summary.json', flush=True)
+        run.status = _wait(experiment, poll_seconds, timeout)
+        run.rows = summarize_trials(experiment)  # columns_for(experiment.config)
+        workdir = Path(config.canonical_copy().experiment_working_directory).expanduser()
+        run.trial_dirs = _trial_dirs(experiment, workdir)
+        print(f'\nExperiment {experiment.id} finished with status {run.status}:')
+        print_table(run.rows, columns)
+        run.summary_dir = workdir / experiment.id
+        write_summary(run.rows, run.summary_dir, columns)
+        print(f'\nSummary written to {run.summary_dir}/summary.csv and summary.json', flush=True)
         if keep_ui:
-            print(f'Web UI kept up at http://localhost:{port}; press Ctrl-C to stop.', flush=True)
-            while True:
-                time.sleep(3600)
+            _keep_ui_up(port)
     except KeyboardInterrupt:
         print('Stopping the experiment.', flush=True)
-        rows = []
+        run.rows, run.status = [], 'INTERRUPTED'
+    finally:
+        experiment.stop()
+    return run
+
+
+def _start_with_retries(make_experiment, start, port: int, attempts: int = 3):
+    """Start an experiment; retry when NNI's manager missed NNI's 3-second start-up check (a busy machine)."""
+    import atexit
+    from requests.exceptions import ConnectionError as ManagerNotAnswering
+    for attempt in range(1, attempts + 1):
+        experiment = make_experiment()
+        try:
+            start(experiment)
+            return experiment
+        except ManagerNotAnswering:
+            atexit.unregister(experiment.stop)
+            if attempt == attempts:
+                raise RuntimeError(f'NNI manager did not answer on port {port} after {attempts} starts; see the '
+                                   f'experiment log under its working directory (log/nnimanager.log).') from None
+            print(f'NNI manager was slow to answer on port {port}; starting again ({attempt}/{attempts - 1}).',
+                  flush=True)
+            _wait_port_free(port)
+
+
+def _start_and_follow(config, port: int, keep_ui: bool, poll_seconds: float, timeout: float | None) -> ExperimentRun:
+    from nni.experiment import Experiment
+    experiment = _start_with_retries(lambda: Experiment(config), lambda e: e.start(port), port)
+    return _follow(experiment, config, port, keep_ui, poll_seconds, timeout)
+
+
+def run_experiment(config_path: str | Path, port: int = 8080, keep_ui: bool = False, poll_seconds: float = 3.0,
+                   timeout: float | None = None, then_retrain: str | None = None,
+                   retrain_seeds: Sequence[int] | None = None, retrain_set: Sequence[str] = ()) -> list[dict]:
+    """Start the experiment in ``config_path``, wait for it, print and save the summary; returns its rows.
+
+    With ``then_retrain`` (a retrain experiment YAML or a retrain preset name), a retrain experiment over every
+    SUCCEEDED trial's ``arch.json`` x ``retrain_seeds`` follows on the same port, and the combined rows (column
+    ``stage``: search / retrain) are returned. Bad input raises ``ValueError``/``FileNotFoundError`` before any
+    manager starts.
+    """
+    config = load_experiment_config(config_path)
+    spec = _prepare_chain(then_retrain, retrain_seeds, retrain_set)
+    _drop_unavailable_image_folder(config)
+    _prepare(config, port)
+    run = _start_and_follow(config, port, keep_ui and spec is None, poll_seconds, timeout)
+    if spec is None:
+        return run.rows
+    return _chain_retrain(spec, run, port, keep_ui, poll_seconds, timeout)
+
+
+def _prepare_chain(then_retrain, retrain_seeds, retrain_set):
+    if then_retrain is None:
+        if retrain_seeds or retrain_set:
+            raise ValueError('--retrain-seeds/--retrain-set only apply with --then-retrain <retrain config or preset>.')
+        return None
+    from nni_labelfree.experiment.launcher_chain import prepare_retrain
+    return prepare_retrain(then_retrain, retrain_seeds, retrain_set)
+
+
+def _chain_retrain(spec, search: ExperimentRun, port: int, keep_ui: bool, poll_seconds: float,
+                   timeout: float | None) -> list[dict]:
+    from nni_labelfree.experiment.launcher_chain import build_retrain_config, combined_rows
+    if search.status == 'INTERRUPTED':
+        return []
+    retrain_path = build_retrain_config(spec, search)
+    print(f'\nRetraining the exported architectures: {retrain_path}', flush=True)
+    config = load_experiment_config(retrain_path)
+    _wait_port_free(port)
+    _prepare(config, port)
+    retrain = _start_and_follow(config, port, keep_ui, poll_seconds, timeout)
+    rows = combined_rows(search, retrain)
+    print('\nSearch and retrain:')
+    print_table(rows, COMBINED_COLUMNS)
+    if retrain.summary_dir is not None:
+        write_summary(rows, retrain.summary_dir, COMBINED_COLUMNS, name='combined_summary')
+        print(f'\nCombined summary written to {retrain.summary_dir}/combined_summary.csv and .json', flush=True)
+    return rows
+
+
+def known_experiment(experiment_id: str) -> dict:
+    """NNI's record of a stopped experiment (``~/nni-experiments/.experiment``), or a clear error."""
+    from nni.tools.nnictl.config_utils import Experiments
+    from nni.tools.nnictl.nnictl_utils import update_experiment
+    update_experiment()  # marks experiments whose manager process is gone as STOPPED
+    manifest = Experiments()
+    experiments = manifest.get_all_experiments()
+    record = experiments.get(experiment_id)
+    if not isinstance(record, dict):
+        recent = ', '.join(list(experiments)[-5:]) or 'none'
+        raise ValueError(f'Unknown experiment id {experiment_id!r}: NNI\'s experiment list ({manifest.experiment_file}) '
+                         f'has no such id (most recent: {recent}). `nnictl experiment list --all` lists them all.')
+    if record.get('status') != 'STOPPED':
+        raise ValueError(f'Experiment {experiment_id} is still running (web UI http://localhost:{record.get("port")}); '
+                         f'open it there, or stop it first with `nnictl stop {experiment_id}`.')
+    folder = Path(record.get('logDir') or '~/nni-experiments').expanduser() / experiment_id
+    if not (folder / 'db').is_dir():
+        raise FileNotFoundError(f'Experiment {experiment_id} is listed but its folder {folder} (with db/) is gone; '
+                                f'it cannot be resumed or viewed. Remove it with `nnictl experiment delete {experiment_id}`.')
+    return record
+
+
+def resume_experiment(experiment_id: str, port: int = 8080, keep_ui: bool = False, poll_seconds: float = 3.0,
+                      timeout: float | None = None, then_retrain: str | None = None,
+                      retrain_seeds: Sequence[int] | None = None, retrain_set: Sequence[str] = ()) -> list[dict]:
+    """Resume a stopped experiment (``nnictl resume <id>``), follow it to the end, print and save the summary."""
+    import nni.experiment
+    from nni.experiment.launcher import get_stopped_experiment_config
+    record = known_experiment(experiment_id)
+    spec = _prepare_chain(then_retrain, retrain_seeds, retrain_set)
+    config = get_stopped_experiment_config(experiment_id, record.get('logDir') or None)
+    _prepare(config, port)
+    experiment = _start_with_retries(lambda: nni.experiment.Experiment(config, id=experiment_id),
+                                     lambda e: e.resume(port=port, wait_completion=False), port)
+    run = _follow(experiment, config, port, keep_ui and spec is None, poll_seconds, timeout)
+    return run.rows if spec is None else _chain_retrain(spec, run, port, keep_ui, poll_seconds, timeout)
+
+
+def view_experiment(experiment_id: str, port: int = 8080, keep_ui: bool = True) -> list[dict]:
+    """Serve a stopped experiment's web UI read-only (``nnictl view <id>``) and print its summary table.
+
+    With ``keep_ui`` the UI stays up until Ctrl-C; otherwise the manager stops once the table is printed.
+    """
+    import nni.experiment
+    known_experiment(experiment_id)
+    _check_port_free(port)
+    experiment = nni.experiment.Experiment(None, id=experiment_id)
+    experiment.view(port=port, non_blocking=True)
+    rows: list[dict] = []
+    try:
+        print(f'NNI web UI (view only): http://localhost:{port}  (experiment {experiment_id})', flush=True)
+        rows = summarize_trials(experiment)
+        print_table(rows, columns_for(experiment.config))
+        if keep_ui:
+            _keep_ui_up(port)
+    except KeyboardInterrupt:
+        pass
     finally:
         experiment.stop()
     return rows
