@@ -3,3 +3,9 @@ from .rlnas import RLNAS, RLNASModule
 from .unnas import UnNAS, UnNASModule
 
 __all__ = ['RLNAS', 'RLNASModule', 'UnNAS', 'UnNASModule']
+from .sgas import SGAS, SGASModule  # noqa: E402
+
+__all__ += ['SGAS', 'SGASModule']
+from .unrealnas import UnrealNAS  # noqa: E402
+
+__all__ += ['UnrealNAS']
