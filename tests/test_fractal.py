@@ -196,6 +196,10 @@ def test_bad_arguments_say_what_to_do(categories):
         SearchSettings(min_maps=1)
     with pytest.raises(ValueError, match=r'category ids must be in \[0, 4\)'):
         render_fractals(categories, [4], [0])
+    with pytest.raises(ValueError, match='image_size=1 is too small.*image_size >= 3'):
+        render_fractals(categories, [0], [0], image_size=1)
+    with pytest.raises(ValueError, match='one generator per system'):
+        filling_rates([categories[0].maps], [])
     with pytest.raises(ValueError, match='non-negative'):
         seeded_generator(-1)
 

@@ -39,7 +39,7 @@ MAX_MAPS = 7
 _SEARCH, _RENDER = 0, 1  # seed domains: candidates of the category search / rendered instances
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # array fields: compare maps with np.array_equal
 class IFSCategory:
     """One fractal category: its affine maps, their probabilities and how it was found.
 
@@ -263,6 +263,8 @@ def filling_rates(maps_list: Sequence[np.ndarray], rngs: Sequence[np.random.Gene
     first ``burn_in`` steps), rescaled per axis to ``[padding, canvas_size - 1 - padding]``; ``rngs[i]`` draws
     system ``i``'s map sequence.
     """
+    if len(maps_list) != len(rngs):
+        raise ValueError(f'got {len(maps_list)} systems but {len(rngs)} generators; pass one generator per system.')
     coefficients, cumulative = _pack(maps_list, [ifs_probabilities(maps) for maps in maps_list])
     steps = -(-settings.num_points // settings.chains) + settings.burn_in
     picks = _draw_picks(rngs, cumulative, [len(m) for m in maps_list], steps, settings.chains)
@@ -324,6 +326,10 @@ def render_fractals(categories: Sequence[IFSCategory], category_ids: Sequence[in
                                   and instance_ids.min() >= 0):
         raise ValueError(f'category ids must be in [0, {len(categories)}) and instance ids >= 0.')
     _check_positive(image_size=image_size)
+    smallest = -(-(4 + 2 * settings.padding) // settings.supersample)  # a canvas fitting one patch and padding
+    if image_size < smallest:
+        raise ValueError(f'image_size={image_size} is too small for 3x3 patches on a {settings.supersample}x '
+                         f'canvas with padding {settings.padding}; use image_size >= {smallest}.')
     images = np.empty((len(category_ids), image_size, image_size), np.uint8)
     for start in range(0, len(category_ids), settings.batch_size):
         chunk = slice(start, start + settings.batch_size)

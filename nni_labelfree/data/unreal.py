@@ -5,13 +5,11 @@ and 4.1, appendix 7. Every kind pairs each image with a label drawn uniformly on
 classes (RLNAS's :class:`~nni_labelfree.data.RandomLabelDataset`). The bi-level search's "validation" set is the
 same images, horizontally flipped, with the same labels; the training set gets normalisation only.
 
-==========  ==========================================================  =======================
-kind        images                                                      paper's classes (25k)
-==========  ==========================================================  =======================
-``rlrd``    the given real images (e.g. 25k CIFAR-10 training images)   1000
-``rlgd``    FractalDB-style IFS fractals (:class:`FractalImages`)       5000
-``rlrn``    N(0, 1) noise, fixed per index (:class:`GaussianNoiseImages`) 5000
-==========  ==========================================================  =======================
+- ``rlrd``: the given real images (the paper: 25k CIFAR-10 training images), 1000 random classes;
+- ``rlgd``: FractalDB-style IFS fractals (:class:`~nni_labelfree.data.FractalImages`), 5000 classes;
+- ``rlrn``: N(0, 1) noise fixed per index (:class:`~nni_labelfree.data.GaussianNoiseImages`), 5000 classes.
+
+The class counts are the paper's for 25k images; :func:`default_num_classes` scales them down for fewer.
 """
 from __future__ import annotations
 
@@ -81,10 +79,10 @@ class ImageTensorDataset(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, Any]:
         item = self.base[index]
         image, label = (item[0], item[1] if len(item) > 1 else -1) if isinstance(item, (tuple, list)) else (item, -1)
-        return self._as_tensor(image), (label if isinstance(label, int) else int(label))
+        return self._as_tensor(image), label
 
     def _as_tensor(self, image: Any) -> torch.Tensor:
         if not torch.is_tensor(image):
