@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from nni.nas.nn.pytorch import ModelSpace
 
-from nni_labelfree.data import EpochShuffleSampler
+from nni_labelfree.data import EpochShuffleSampler, unreal_dataset
 
 from .sgas import SGAS
 
@@ -42,14 +42,11 @@ UNREAL_DATA = ('rlrd', 'rlgd', 'rlrn')
 UNREAL_ALGORITHMS = ('darts', 'sgas')
 
 
-def _unreal_dataset(kind: str, **kwargs: Any) -> tuple[Dataset, Dataset]:
-    from nni_labelfree.data import unreal_dataset  # the data side of issue 3
-    return unreal_dataset(kind, **kwargs)
-
-
 def _first_image_shape(dataset: Dataset) -> tuple[int, ...]:
     item = dataset[0]
     image = item[0] if isinstance(item, (tuple, list)) else item
+    if callable(getattr(image, 'getbands', None)):  # a PIL image
+        return len(image.getbands()), image.height, image.width
     shape = tuple(getattr(image, 'shape', ()))
     if len(shape) != 3:
         raise TypeError(f'UnrealNAS reads image shapes from the evaluator\'s training data, but its first item is '
@@ -156,8 +153,8 @@ class UnrealNAS(SGAS):
         kwargs = dict(num_images=self.num_images or len(images), image_size=shape[1], channels=shape[0],
                       num_classes=self.num_classes, seed=self.seed, **self.data_kwargs)
         if self.data == 'rlrd':
-            kwargs['images'] = images
-        return _unreal_dataset(self.data, **kwargs)
+            kwargs.update(images=images, num_images=self.num_images)  # None: every image, in its order
+        return unreal_dataset(self.data, **kwargs)
 
     def _image_shape(self, images: Dataset) -> tuple[int, ...]:
         if self.data != 'rlrd' and self.image_shape is not None:
