@@ -317,3 +317,95 @@ def test_retrain_config_is_valid_and_every_trial_resolves(path, monkeypatch):
             assert resolved.preset == flags['preset'] and resolved.seed == seed
     gpu = config.trial_gpu_number
     assert gpu in (None, 0) or config.training_service.max_trial_number_per_gpu >= 2  # NNI 3.0 scheduler workaround
+
+
+# -- a real NNI experiment on localhost --------------------------------------------------------------------------
+def _rest(port: int, endpoint: str):
+    import urllib.request
+    with urllib.request.urlopen(f'http://localhost:{port}/api/v1/nni/{endpoint}', timeout=30) as response:
+        return json.load(response)
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def _run_nni_experiment(config_path: Path, timeout: float = 240) -> dict:
+    """Start NNI's manager on the config, wait for every trial to end, capture the REST API, always stop."""
+    import atexit
+    import time
+    from nni.experiment import Experiment
+    experiment = Experiment(load_experiment_config(config_path))
+    port = _free_port()
+    experiment.start(port)
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            jobs = _rest(port, 'trial-jobs')
+            if len(jobs) == 2 and all(j['status'] in ('SUCCEEDED', 'FAILED', 'USER_CANCELED') for j in jobs):
+                break
+            time.sleep(1)
+        return {'jobs': _rest(port, 'trial-jobs'), 'metrics': _rest(port, 'metric-data')}
+    finally:
+        experiment.stop()
+        atexit.unregister(experiment.stop)
+
+
+@pytest.fixture(scope='module')
+def nnictl_run(archive, tmp_path_factory):
+    import os
+    import sys
+    import yaml
+    directory = tmp_path_factory.mktemp('nnictl')
+    flags = {**TINY, 'data_root': str(archive), 'epochs': 2, 'num_images': 96}
+    config = {
+        'experimentName': 'nni-labelfree retrain test',
+        'searchSpace': {'arch': {'_type': 'choice', '_value': [NB201, 'runs/nowhere/arch.json']}},
+        'trialCommand': ' '.join([*RETRAIN_PREFIX, *(f'--set {k}={v}' for k, v in flags.items())]),
+        'trialCodeDirectory': str(REPO), 'experimentWorkingDirectory': str(directory / 'experiments'),
+        'trialConcurrency': 2, 'maxTrialNumber': 2, 'maxExperimentDuration': '4m',
+        'tuner': {'name': 'GridSearch'}, 'trainingService': {'platform': 'local', 'useActiveGpu': False}}
+    path = directory / 'retrain.yml'
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    with pytest.MonkeyPatch.context() as patch:  # nnictl runs trials with the first python3 on PATH
+        patch.setenv('PATH', f'{Path(sys.executable).parent}{os.pathsep}{os.environ.get("PATH", "")}')
+        return _run_nni_experiment(path)
+
+
+def _by_status(run: dict) -> dict:
+    """Trials keyed by status. (NNI 3.0's REST ``hyperParameters`` of a job need not be the parameters the trial
+    received, so which trial ran what is read from the trial's own outputs.)"""
+    out = {}
+    for job in run['jobs']:
+        metrics = [m for m in run['metrics'] if m['trialJobId'] == job['trialJobId']]
+        decoded = {kind: [json.loads(json.loads(m['data'])) for m in sorted(metrics, key=lambda m: m['sequence'])
+                          if m['type'] == kind] for kind in ('PERIODICAL', 'FINAL')}
+        out.setdefault(job['status'], []).append((job, decoded))
+    return out
+
+
+@pytest.mark.slow
+def test_nnictl_retrain_trial_succeeds_and_reports_through_the_rest_api(nnictl_run):
+    assert sorted(_by_status(nnictl_run)) == ['FAILED', 'SUCCEEDED'], nnictl_run['jobs']
+    ((job, metrics),) = _by_status(nnictl_run)['SUCCEEDED']
+    assert [m['epoch'] for m in metrics['PERIODICAL']] == [1, 2]
+    assert all(m['default'] == m['val_acc'] for m in metrics['PERIODICAL'])
+    (final,) = metrics['FINAL']
+    assert final['default'] == final['test_acc'] and final['arch'] == NB201
+    trial_dir = Path(job['logPath'])
+    assert json.loads((trial_dir / 'result.json').read_text())['test_acc'] == final['test_acc']
+    assert json.loads((trial_dir / 'config.json').read_text())['arch'] == NB201
+    assert (trial_dir / 'model_final.pt').is_file() and (trial_dir / 'metrics.json').is_file()
+
+
+@pytest.mark.slow
+def test_nnictl_retrain_trial_with_a_missing_architecture_fails_with_the_reason(nnictl_run):
+    ((job, metrics),) = _by_status(nnictl_run)['FAILED']
+    assert not metrics['PERIODICAL'] and not metrics['FINAL']
+    for log, prefix in (('trial.log', ''), ('trial.stderr', 'nni-labelfree')):  # trial.log: NNI adds a time stamp
+        lines = [line for line in (Path(job['logPath']) / log).read_text().splitlines() if line.strip()]
+        assert lines[-1].startswith(prefix) and 'nni-labelfree retrain trial failed: Architecture' in lines[-1]
+        assert 'is not an existing file or folder' in lines[-1]
