@@ -36,15 +36,15 @@ the expanded width to multiples of 8, and has no CIFAR stem or ``features(x)``.
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from nni.nas.nn.pytorch import LayerChoice, ModelSpace
 
-__all__ = ['MobileNetSpace', 'MBConv', 'MBCONV_OPS', 'SKIP', 'RLNAS_WIDTHS', 'STAGE_DEPTHS', 'make_divisible',
-           'rlnas_encoding']
+__all__ = ['MobileNetSpace', 'MBConv', 'MBCONV_OPS', 'SKIP', 'RLNAS_WIDTHS', 'STAGE_DEPTHS', 'block_candidates',
+           'make_divisible', 'rlnas_encoding']
 
 _logger = logging.getLogger(__name__)
 
@@ -223,14 +223,14 @@ class MobileNetSpace(ModelSpace):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.global_pooling(self.features(x)).flatten(1))
 
-    def freeze(self, sample: dict) -> nn.Module:
+    def freeze(self, sample: Mapping[str, str]) -> nn.Module:
         """NNI's freeze after checking ``sample``; the chosen blocks stay shared with the space (deepcopy them)."""
         _check_sample(sample, self.block_choices, 'MobileNetSpace.freeze')
-        return super().freeze(sample)
+        return super().freeze(dict(sample))
 
 
 def _check_sample(sample: Any, choices: dict[str, list[str]], who: str) -> None:
-    if not isinstance(sample, dict):
+    if not isinstance(sample, Mapping):
         raise TypeError(f'{who}: expected an arch dict label -> candidate, got {type(sample).__name__}.')
     missing = [label for label in choices if label not in sample]
     if missing:
@@ -242,7 +242,7 @@ def _check_sample(sample: Any, choices: dict[str, list[str]], who: str) -> None:
                          f'{ {label: choices[label] for label in bad} } (the first block of a stage cannot skip).')
 
 
-def rlnas_encoding(arch: dict, space: MobileNetSpace) -> list[int]:
+def rlnas_encoding(arch: Mapping[str, str], space: MobileNetSpace) -> list[int]:
     """``arch`` as RLNAS's MobileNet ``cand``: per block the op id 0..5 in :data:`MBCONV_OPS` order, -1 for skip."""
     _check_sample(arch, space.block_choices, 'rlnas_encoding')
     return [-1 if arch[label] == SKIP else MBCONV_OPS.index(arch[label]) for label in space.block_choices]
