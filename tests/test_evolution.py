@@ -153,6 +153,19 @@ def test_unsatisfiable_constraint_raises_with_smallest_value():
         evolve(GENES, total, constraint=lambda a: False, max_tries=50)
 
 
+def test_each_candidate_is_measured_once_by_the_constraint():
+    measured = Counter()
+
+    def cost(arch):
+        measured[tuple(sorted(arch.items()))] += 1
+        return total(arch)
+
+    result = evolve(GENES, total, constraint=FunctionConstraint(cost, 12, 'cost'), population_size=20, top_k=5,
+                    num_mutation=10, num_crossover=10, generations=4, seed=0)
+    assert measured and set(measured.values()) == {1}  # rejected ones too: profiling is what a tight limit costs
+    assert all(total(a) <= 12 for a, _ in result.ranked)
+
+
 def test_mutation_choices_respected():
     genes = {f'g{i}': list(range(10)) for i in range(8)}
     zeros = {g: 0 for g in genes}

@@ -40,8 +40,12 @@ class FunctionConstraint:
         """The constrained quantity of ``arch``."""
         return float(self.fn(dict(arch)))
 
+    def admits(self, value: float) -> bool:
+        """Whether a measured :meth:`value` is within the limit."""
+        return value <= self.limit
+
     def __call__(self, arch: Mapping[str, Any]) -> bool:
-        return self.value(arch) <= self.limit
+        return self.admits(self.value(arch))
 
     def __repr__(self) -> str:
         return f'FunctionConstraint({self.name} <= {self.limit:g})'
@@ -111,9 +115,12 @@ class ProfilerConstraint:
                              f'{self.labels}.') from exc
         return {'flops': float(result.flops), 'params': float(result.params)}
 
-    def __call__(self, arch: Mapping[str, Any]) -> bool:
-        value = self.value(arch)
+    def admits(self, value: Mapping[str, float]) -> bool:
+        """Whether a measured :meth:`value` is within every limit."""
         return all(value[key] <= lim for key, lim in self.limit.items())
+
+    def __call__(self, arch: Mapping[str, Any]) -> bool:
+        return self.admits(self.value(arch))
 
     def __repr__(self) -> str:
         limits = ', '.join(f'{k} <= {v:g}' for k, v in self.limit.items())

@@ -162,18 +162,28 @@ class _Search:
         key = tuple(arch[label] for label in self.labels)
         if key in self.fit or key in self.illegal:
             return None
-        if self.constraint is not None and not self.constraint(arch):
+        if self.constraint is not None and not self._legal(arch):
             self.illegal.add(key)
-            self._track_smallest(arch)
             return None
         self.fit[key], self.archs[key] = float(self.fitness(dict(arch))), arch
         return key
 
-    def _track_smallest(self, arch: Arch) -> None:
-        value_fn = getattr(self.constraint, 'value', None)
-        if not callable(value_fn):
-            return
+    def _legal(self, arch: Arch) -> bool:
+        """The constraint's verdict; a constraint with ``value`` and ``admits`` is measured once per candidate
+        (profiling dominates the search under a tight limit), and rejected values feed the smallest-seen report."""
+        value_fn, admits = getattr(self.constraint, 'value', None), getattr(self.constraint, 'admits', None)
+        if not (callable(value_fn) and callable(admits)):
+            legal = bool(self.constraint(arch))
+            if not legal and callable(value_fn):
+                self._track_smallest(value_fn(arch))
+            return legal
         value = value_fn(arch)
+        if admits(value):
+            return True
+        self._track_smallest(value)
+        return False
+
+    def _track_smallest(self, value: Any) -> None:
         if isinstance(value, Mapping):
             old = self.smallest or {}
             self.smallest = {k: min(v, old.get(k, v)) for k, v in value.items()}
