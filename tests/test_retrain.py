@@ -11,6 +11,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 import nni
@@ -223,6 +224,34 @@ def test_artifacts_restore_the_trained_network(nb201_run, archive):
     network, _ = build_network(config, checkpoint['arch'], checkpoint['num_classes'])
     network.load_state_dict(checkpoint['state_dict'])
     assert checkpoint['space'] == 'nasbench201'
+
+
+class _KillAtEpoch(pl.Callback):
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError('killed')
+
+
+def test_a_killed_retraining_resumes_to_the_same_result(archive, tmp_path):
+    config = dict(num_images=96, epochs=3, val_fraction=0.25)
+    full = run_retrain(tiny(archive, NB201, **config), tmp_path / 'full')
+    with pytest.raises(RuntimeError, match='killed'):
+        run_retrain(tiny(archive, NB201, **config), tmp_path / 'killed', extra_callbacks=[_KillAtEpoch(2)])
+    assert sorted(p.name for p in (tmp_path / 'killed' / 'checkpoints').glob('*.ckpt')) == \
+        ['search_epoch0001.ckpt', 'search_epoch0002.ckpt']
+    resumed = run_retrain(tiny(archive, NB201, **config), tmp_path / 'killed')
+    for key in ('test_acc', 'test_loss', 'val_acc', 'train_loss', 'epochs'):
+        assert resumed[key] == full[key], key
+    history = json.loads((tmp_path / 'killed' / 'metrics.json').read_text())
+    assert [h['train_loss'] for h in history] == [h['train_loss'] for h in json.loads(
+        (tmp_path / 'full' / 'metrics.json').read_text())]
+    with pytest.raises(ValueError, match=r'other settings \(learning_rate: 0.1 -> 0.2\).*--resume false'):
+        run_retrain(tiny(archive, NB201, **config, learning_rate=0.2), tmp_path / 'killed')
+    run_retrain(tiny(archive, NB201, **{**config, 'epochs': 1}, resume=False), tmp_path / 'killed')
+    assert len(json.loads((tmp_path / 'killed' / 'metrics.json').read_text())) == 1
 
 
 def test_darts_retraining_with_auxiliary_head_and_drop_path(archive, tmp_path):

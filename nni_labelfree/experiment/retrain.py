@@ -16,6 +16,13 @@ Artifacts in the output folder (``$NNI_OUTPUT_DIR`` in a trial): ``config.json``
 (``{'state_dict', 'arch', 'space', 'num_classes', 'config'}``, loadable with ``torch.load(weights_only=True)``).
 Parameters and FLOPs are those of the inference network (no auxiliary head) for one image, counted by NNI's
 ``FlopsParamsProfiler`` on the evaluation space at this architecture.
+
+Resume: every epoch ends with a resumable Lightning checkpoint in ``checkpoints/search_epoch{N}.ckpt`` (the
+project's checkpoint format, :mod:`.checkpoint`; the last two kept). Rerunning the same command on the same output
+folder continues from the newest readable one, with the weights, optimiser, schedule, metrics history and the
+random streams (batch order, augmentation, drop-path) restored, so on CPU it ends where an uninterrupted run ends;
+a checkpoint written with other settings is refused, ``resume=false`` starts over. (nnictl gives every trial a new
+output folder, so this serves ``nni-labelfree retrain --output D`` and trials given an ``output_dir``.)
 """
 from __future__ import annotations
 
@@ -36,7 +43,9 @@ import torch
 from torch import nn
 
 from nni_labelfree.data import derive_seed
-from nni_labelfree.experiment.checkpoint import atomic_save
+from nni_labelfree.experiment.checkpoint import (AtomicCheckpointIO, ResumableCheckpoint, atomic_save,
+                                                 checkpoint_metadata, newest_valid_checkpoint, remove_checkpoints,
+                                                 remove_stale_temporaries)
 from nni_labelfree.experiment.retrain_arch import LoadedArchitecture, load_architecture
 from nni_labelfree.experiment.retrain_config import RetrainConfig, resolve_retrain_config
 from nni_labelfree.experiment.retrain_data import BatchAugment, LabelledSplits, labelled_splits
@@ -48,6 +57,8 @@ __all__ = ['build_network', 'profile_architecture', 'run_retrain', 'final_metric
 _logger = logging.getLogger(__name__)
 
 Reporter = Callable[[dict], None]
+# Settings that may change between an interrupted run and its continuation without changing the result.
+_RESUME_FREE_KEYS = frozenset({'output_dir', 'resume', 'num_threads', 'num_workers', 'max_minutes', 'accelerator'})
 
 
 # -- network -----------------------------------------------------------------------------------------------------
@@ -102,10 +113,11 @@ def _evaluator(config: RetrainConfig, splits: LabelledSplits, loaders: tuple, ca
                            min_learning_rate=config.min_learning_rate, max_epochs=config.epochs,
                            num_classes=splits.num_classes, auxiliary_weight=config.auxiliary_weight,
                            drop_path=config.drop_path, augment=BatchAugment(4, config.cutout, seed=config.seed))
+    module.shuffle_generator = loaders[0].generator
     kwargs: dict[str, Any] = dict(accelerator=config.accelerator, devices=1, max_epochs=config.epochs,
-                                  callbacks=callbacks, enable_progress_bar=False, enable_checkpointing=False,
-                                  enable_model_summary=False, logger=False, num_sanity_val_steps=0,
-                                  gradient_clip_val=config.grad_clip)
+                                  callbacks=callbacks, enable_progress_bar=False, enable_checkpointing=True,
+                                  plugins=[AtomicCheckpointIO()], enable_model_summary=False, logger=False,
+                                  num_sanity_val_steps=0, gradient_clip_val=config.grad_clip)
     if loaders[1] is None:
         kwargs['limit_val_batches'] = 0
     if config.max_minutes:
@@ -121,23 +133,50 @@ def run_retrain(config: RetrainConfig, output_dir: str | Path, reporter: Reporte
     """
     start = time.time()
     loaded = load_architecture(config.arch, config.space)
+    out = Path(output_dir)
+    resume_from = _resume_point(config, out / 'checkpoints')  # a refused resume leaves the folder as it is
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     splits = labelled_splits(config)  # missing data fails here, before anything is written or trained
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / 'checkpoints').mkdir(parents=True, exist_ok=True)
     config.save(out / 'config.json')
     pl.seed_everything(config.seed, workers=True, verbose=False)
     network, cost = build_network(config, loaded.arch, splits.num_classes)
     epochs = EpochReporter(reporter)
     loaders = _loaders(config, splits)
-    evaluator = _evaluator(config, splits, loaders, [epochs, *(extra_callbacks or [])])
+    resumable = ResumableCheckpoint(out / 'checkpoints', keep=2, metadata={'config': config.to_dict()})
+    evaluator = _evaluator(config, splits, loaders, [epochs, *(extra_callbacks or []), resumable])
+    if resume_from is not None:
+        evaluator.fit_kwargs.update(ckpt_path=str(resume_from), weights_only=True)
     evaluator.evaluate(network)
     evaluator.trainer.test(evaluator.module, dataloaders=loaders[2], verbose=False)
     result = _final_result(config, loaded, evaluator.module.stage_metrics('test'), epochs.history, cost,
                            time.time() - start)
     _write_artifacts(out, config, loaded, network, splits.num_classes, epochs.history, result)
     return result
+
+
+def _resume_point(config: RetrainConfig, checkpoints: Path) -> Path | None:
+    """The epoch checkpoint to continue from (None: start afresh), after checking it belongs to this run."""
+    remove_stale_temporaries(checkpoints)
+    if not config.resume:
+        if remove_checkpoints(checkpoints):
+            _logger.info('resume=false: deleted the previous checkpoints in %s.', checkpoints)
+        return None
+    found = newest_valid_checkpoint(checkpoints)
+    if found is None:
+        return None
+    path, checkpoint = found
+    saved = checkpoint_metadata(checkpoint).get('config') or {}
+    changed = {k: (saved.get(k), v) for k, v in config.to_dict().items()
+               if k not in _RESUME_FREE_KEYS and saved.get(k) != v}
+    if changed:
+        detail = ', '.join(f'{k}: {old!r} -> {new!r}' for k, (old, new) in sorted(changed.items()))
+        raise ValueError(f'{path} was written by a retraining with other settings ({detail}). Rerun with the '
+                         'original settings, use a new --output, or pass --resume false to start over (this '
+                         'deletes its checkpoints/search_epoch*.ckpt).')
+    _logger.info('Resuming from %s (%d of %d epochs done).', path, checkpoint.get('epoch', -1) + 1, config.epochs)
+    return path
 
 
 def _final_result(config: RetrainConfig, loaded: LoadedArchitecture, test: dict, history: list[dict],

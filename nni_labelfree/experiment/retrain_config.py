@@ -97,6 +97,8 @@ class RetrainConfig:
     # --- bookkeeping ------------------------------------------------------------------------------------------------
     seed: int = 0                       # seeds weights, augmentation, drop-path and the batch order
     output_dir: str | None = None       # where artifacts go (trials: NNI's trial output dir)
+    resume: bool = True                 # continue from the newest readable checkpoints/search_epoch*.ckpt of the
+                                        # output folder (written every epoch); false: delete those and start over
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable copy."""
@@ -112,7 +114,7 @@ _CHOICES = {'data': LABELLED_SOURCES, 'accelerator': ('auto', 'cpu', 'gpu'), 'sp
 _POSITIVE = ('channels', 'cells_per_stage', 'num_cells', 'image_size', 'epochs', 'batch_size')
 _OPTIONAL_POSITIVE = ('num_images', 'test_images', 'num_threads')
 _NON_NEGATIVE = ('seed', 'split_seed', 'num_workers', 'cutout')
-_BOOLS = ('nesterov', 'download')
+_BOOLS = ('nesterov', 'download', 'resume')
 # (name, may be None, must be > 0 rather than >= 0)
 _FLOATS = (('learning_rate', False, True), ('momentum', False, False), ('weight_decay', False, False),
            ('min_learning_rate', False, False), ('auxiliary_weight', False, False), ('drop_path', False, False),

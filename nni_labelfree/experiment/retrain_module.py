@@ -52,7 +52,34 @@ class RetrainModule(SGDClassificationModule):
                          num_classes=num_classes)
         self.auxiliary_weight, self.drop_path = float(auxiliary_weight), float(drop_path)
         self.augment = augment
+        self.shuffle_generator: torch.Generator | None = None  # the training loader's, saved in checkpoints
         self._sums: dict[str, torch.Tensor] = {}
+
+    # -- checkpoints: the random streams, so that a resumed run continues the same sequence ----------------------
+    def _generators(self) -> dict[str, torch.Generator]:
+        found = {'augment': getattr(self.augment, 'generator', None), 'shuffle': self.shuffle_generator}
+        return {name: generator for name, generator in found.items() if generator is not None}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        states = {name: generator.get_state() for name, generator in self._generators().items()}
+        states['torch'] = torch.get_rng_state()  # drop-path masks
+        if torch.cuda.is_available():
+            states['cuda'] = torch.cuda.get_rng_state_all()
+        checkpoint['retrain_rng_states'] = states
+        # NNI's module saves its criterion and optimiser classes as hyper-parameters; resuming does not need them,
+        # and without them the checkpoint loads with torch.load(weights_only=True).
+        checkpoint.pop('hyper_parameters', None)
+        checkpoint.pop('hparams_name', None)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get('retrain_rng_states', {})
+        for name, generator in self._generators().items():
+            if name in states:
+                generator.set_state(states[name])
+        if 'torch' in states:
+            torch.set_rng_state(states['torch'])
+        if 'cuda' in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states['cuda'])
 
     # -- per-stage sums: (loss x n, correct, n), kept on the device and read once per epoch ---------------------------
     def _reset(self, stage: str) -> None:
