@@ -86,21 +86,27 @@ def run_plain(args, out: Path) -> tuple[EpochClock, float, float]:
     clock = EpochClock()
     for _ in range(config.epochs):
         clock.on_train_epoch_start(None, None)
-        network.train()
-        sums = torch.zeros(3, dtype=torch.float64)
-        for inputs, targets in loader:
-            logits = network(augment(inputs))
-            loss = F.cross_entropy(logits, targets)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            sums += torch.stack([loss.detach().double() * len(targets), (logits.argmax(1) == targets).sum().double(),
-                                 torch.tensor(float(len(targets)), dtype=torch.float64)])
+        _train_epoch(network, loader, augment, optimizer)
         schedule.step()
         _evaluate(network, held[0])
         clock.on_train_epoch_end(None, None)
     _evaluate(network, held[1])
     return clock, time.perf_counter() - start[0], time.process_time() - start[1]
+
+
+def _train_epoch(network, loader, augment, optimizer) -> torch.Tensor:
+    """One epoch of SGD with the same per-epoch sums (loss x n, correct, n) the retrain module keeps."""
+    network.train()
+    sums = torch.zeros(3, dtype=torch.float64)
+    for inputs, targets in loader:
+        logits = network(augment(inputs))
+        loss = F.cross_entropy(logits, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        sums += torch.stack([loss.detach().double() * len(targets), (logits.argmax(1) == targets).sum().double(),
+                             torch.tensor(float(len(targets)), dtype=torch.float64)])
+    return sums
 
 
 def _evaluate(network, loader) -> float:

@@ -249,7 +249,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from nni_labelfree.experiment.config import parse_value
     parser.add_argument('--arch', default=argparse.SUPPRESS,
                         help='arch.json, search/trial output folder, NAS-Bench-201 string or DARTS genotype')
-    parser.add_argument('--output', '-o', default=None, help='output folder (default: runs/retrain-<space>-<preset>-s<seed>)')
+    parser.add_argument('--output', '-o', default=None,
+                        help='output folder (default: runs/retrain-<space>-<preset>-s<seed>)')
     parser.add_argument('--set', dest='set_flags', action='append', default=[], metavar='KEY=VALUE')
     for f in dataclasses.fields(RetrainConfig):
         if f.name not in ('arch', 'output_dir'):
