@@ -192,6 +192,23 @@ def test_nasbench201_network_cost_matches_its_parameters():
     assert pool_cost['params'] < cost['params'] and pool_cost['flops'] < cost['flops']
 
 
+def test_nasbench201_paper_network_has_the_published_size():
+    """The table-best cell at C=16, N=5 (NAS-Bench-201 reports 1.07M parameters for it)."""
+    config = resolve_retrain_config({'arch': NB201})
+    _, cost = build_network(config, load_architecture(NB201).arch, num_classes=10)
+    assert cost['params'] == 1_073_466 and 150e6 < cost['flops'] < 160e6
+
+
+@pytest.mark.slow
+def test_darts_paper_network_has_the_published_size():
+    """DARTS's own cell at 36 channels x 20 cells: 3.3M parameters in the DARTS paper (auxiliary head excluded)."""
+    darts_v2 = load_experiment_config(REPO / 'experiment_configs' / 'retrain_darts.yml').search_space['arch']['_value'][0]
+    config = resolve_retrain_config({'arch': darts_v2})
+    network, cost = build_network(config, load_architecture(darts_v2).arch, num_classes=10)
+    assert cost['params'] == network.inference_parameters() == 3_349_342
+    assert 500e6 < cost['flops'] < 600e6
+
+
 # -- training ----------------------------------------------------------------------------------------------------
 @pytest.fixture(scope='module')
 def nb201_run(archive, tmp_path_factory):
