@@ -16,6 +16,8 @@ from nni_labelfree.search_spaces import list_spaces
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / 'experiment_configs').glob('*.yml'))
 CONFIGS = [p for p in CONFIGS if not p.name.startswith('retrain_')]  # retrain trials: tests/test_retrain.py
+CLUSTER_EXAMPLES = [p for p in CONFIGS if p.name.endswith('_example.yml')]  # remote/kubeflow: tested at the end
+CONFIGS = [p for p in CONFIGS if p not in CLUSTER_EXAMPLES]
 TRIAL_PREFIX = ['python3', '-m', 'nni_labelfree.experiment.trial']
 VALID_KEYS = {f.name for f in dataclasses.fields(SearchConfig)}
 
@@ -163,3 +165,47 @@ def test_a_rejected_config_does_not_break_later_loads(tmp_path):
     with pytest.raises(ValueError):
         load_experiment_config(bad)
     assert load_experiment_config(good).trial_concurrency == 1
+
+
+# --- remote and cluster examples (no cluster needed: NNI's schema with the placeholders filled) ----------------
+def test_there_are_remote_and_kubeflow_examples():
+    assert {p.name for p in CLUSTER_EXAMPLES} == {'remote_example.yml', 'kubeflow_example.yml'}
+
+
+def _with_placeholders_filled(path: Path, tmp_path: Path) -> Path:
+    """A copy whose SSH key files exist (NNI's schema checks that the key file is there)."""
+    import yaml
+    raw = yaml.safe_load(path.read_text())
+    key = tmp_path / 'id_placeholder'
+    key.write_text('placeholder\n')
+    for machine in raw['trainingService'].get('machineList', []):
+        machine['sshKeyFile'] = str(key)
+    copy = tmp_path / path.name
+    copy.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return copy
+
+
+@pytest.mark.parametrize('path', CLUSTER_EXAMPLES, ids=lambda p: p.name)
+def test_cluster_example_validates_with_nni_schema_and_runs_our_trial(path, tmp_path):
+    config = load_experiment_config(_with_placeholders_filled(path, tmp_path))
+    assert config.training_service.platform in ('remote', 'kubeflow')
+    assert config.trial_gpu_number == 1 and config.nni_manager_ip
+    flags = set_flags_of(config.trial_command)
+    for layer in search_space_layers(config.search_space) or [{}]:
+        resolve_config(flags, layer)
+
+
+def test_remote_example_machines_follow_the_gpu_dispatch_rules(tmp_path):
+    config = load_experiment_config(_with_placeholders_filled(REPO / 'experiment_configs' / 'remote_example.yml',
+                                                              tmp_path))
+    machines = config.training_service.machine_list
+    assert all(m.use_active_gpu for m in machines)  # NNI skips busy GPUs otherwise, and trials can wait forever
+    assert [m.max_trial_number_per_gpu for m in machines] == [2, 1]  # 1-GPU machine: a 0.5 request; 4-GPU: whole
+    assert config.trial_concurrency == 1 + 4
+
+
+def test_a_cluster_example_with_an_unknown_key_is_rejected(tmp_path):
+    path = _with_placeholders_filled(REPO / 'experiment_configs' / 'kubeflow_example.yml', tmp_path)
+    path.write_text(path.read_text().replace('operator:', 'operater:'))
+    with pytest.raises(ValueError, match='operater'):
+        load_experiment_config(path)

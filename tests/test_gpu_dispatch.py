@@ -144,6 +144,25 @@ def test_what_we_refuse_is_what_nni_never_schedules(gpus, gpu_request, kwargs):
     assert len(placed) == 1 and (placed[0]['devices'] is None or placed[0]['devices'].startswith('error')), placed
 
 
+SHIPPED_GPU_CONFIGS = [p for p in sorted((FAKE_GPU_DIR.parents[1] / 'experiment_configs').rglob('*.yml'))
+                       if not p.name.endswith('_example.yml')
+                       and (yaml.safe_load(p.read_text()) or {}).get('trialGpuNumber')]
+
+
+def test_there_are_shipped_gpu_configs():
+    assert {'rlnas_nasbench201.yml', 'unnas_darts.yml'} <= {p.name for p in SHIPPED_GPU_CONFIGS}
+
+
+@pytest.mark.parametrize('gpus', [1, 4])
+@pytest.mark.parametrize('path', SHIPPED_GPU_CONFIGS, ids=lambda p: p.name)
+def test_shipped_gpu_configs_run_one_trial_per_gpu(path, gpus):
+    config = launcher.load_experiment_config(path)
+    apply_gpu_dispatch(config, GpuInventory(gpus))
+    assert config.trial_concurrency == gpus
+    placed = nni_scheduler(gpus, request_of(config), config.trial_concurrency, gpus + 1)
+    assert len(placed) == gpus + 1 and all(p['devices'] for p in placed), placed
+
+
 # --- 3. NNI's manager with a fake NVML ------------------------------------------------------------------------------
 @pytest.fixture
 def fake_gpus(monkeypatch):
