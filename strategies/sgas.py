@@ -36,7 +36,7 @@ from nni.nas.oneshot.pytorch.differentiable import DartsLightningModule
 from nni.nas.oneshot.pytorch.strategy import DARTS
 from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedLayer
 
-from .sgas_decisions import NONE_OP, EdgeSpec, SgasDecisions
+from .sgas_decisions import NONE_OP, EdgeSpec, SgasDecisions, _check_int
 from .unnas import count_skip_connections
 
 __all__ = ['SGAS', 'SGASModule', 'SgasMixedLayer']
@@ -210,11 +210,6 @@ def _optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
     return []
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f'SGAS: {name} must be an integer >= {minimum}, got {value!r}.')
-    return value
-
 
 class SGAS(DARTS):
     """SGAS (Li et al., CVPR 2020) as a drop-in NNI one-shot strategy.
@@ -275,6 +270,9 @@ class SGAS(DARTS):
         self.schedule = {'criterion': criterion, 'decision_warmup': decision_warmup, 'decision_freq': decision_freq,
                          'history_size': history_size, 'decisions_per_group': decisions_per_cell}
         SgasDecisions([], **self.schedule)  # validates the schedule now, not at the first epoch
+        if decision_warmup < warmup_epochs:
+            _logger.warning('SGAS: the first decision (end of epoch %d) comes before the alphas start to move (epoch '
+                            '%d): it is made on initial alphas.', decision_warmup, warmup_epochs)
         self.inputs_per_node = inputs_per_node
         self.arc_betas = tuple(float(b) for b in arc_betas)
         self.arc_weight_decay = float(arc_weight_decay)
