@@ -329,9 +329,11 @@ def test_command_line_retrain(archive, tmp_path, capsys):
     out = tmp_path / 'cli'
     argv = ['retrain', '--arch', NB201, '--preset', 'cpu', '--data', 'imagefolder', '--data-root', str(archive),
             '--set', 'num_images=96', '--set', 'test_images=64', '--epochs', '1', '--channels', '4',
-            '--num-threads', '1', '--output', str(out)]
+            '--num-threads', '1', '--val-fraction', '0', '--output', str(out)]
     assert cli.main(argv) == 0
-    assert 'test_acc' in capsys.readouterr().out and (out / 'result.json').is_file()
+    assert 'test_acc' in capsys.readouterr().out
+    result = json.loads((out / 'result.json').read_text())  # no validation split: per epoch, training accuracy
+    assert 'val_acc' not in result and json.loads((out / 'metrics.json').read_text())[0]['default'] == result['train_acc']
     assert cli.main(['retrain', '--arch', NB201, '--space', 'darts', '--output', str(tmp_path / 'x')]) == 2
     assert "is a NAS-Bench-201 architecture, but the space is 'darts'" in capsys.readouterr().err
     assert not (tmp_path / 'x').exists()
