@@ -1,0 +1,405 @@
+"""Building blocks of Pi-NAS: the contrastive network, path pairs, the path-wise mean teacher, the key queue, losses.
+
+Reference: Jiefeng Peng, Jiqi Zhang, Changlin Li, Guangrun Wang, Xiaodan Liang, Liang Lin, "Pi-NAS: Improving
+Neural Architecture Search by Reducing Supernet Training Consistency Shift", ICCV 2021, section 3.2.
+
+Each piece is small and tested on its own; :mod:`strategies.pinas` assembles them into the training step.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from nni.mutable import Categorical
+from nni.nas.nn.pytorch import ModelSpace
+from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
+
+from nni_labelfree.heads import final_linear
+
+__all__ = ['ContrastiveNetwork', 'PathPairSampler', 'PathwiseEMA', 'KeyQueue', 'CollapseMonitor', 'activate',
+           'supernet_modules', 'key_plan',
+           'info_nce', 'consistency_loss', 'embedding_spread', 'count_paths', 'rng_state_to_plain',
+           'rng_state_from_plain']
+
+_logger = logging.getLogger(__name__)
+
+
+# -- the network: supernet features + a projection head ------------------------------------------------------------
+class ContrastiveNetwork(ModelSpace):
+    """A space (or its supernet) whose classifier is bypassed by a 2-layer MLP projection head (Pi-NAS's neck).
+
+    :meth:`embed` returns the features a linear classifier would read: the space's ``features(x)`` (globally
+    average-pooled when spatial) if it has that method, else the input of its last ``nn.Linear``, captured by a
+    forward pre-hook. The classifier itself stays in the space untouched (it receives no gradient here), so the
+    exported, frozen architecture keeps its shape. :meth:`forward` returns ``head(embed(x))``.
+
+    Parameters
+    ----------
+    space
+        The model space; it must end in an ``nn.Linear`` classifier.
+    embedding_dim
+        Output width of the head (Pi-NAS / MoCo v2: 128).
+    hidden_dim
+        Hidden width of the head; default the feature width (Pi-NAS: 2048 -> 2048 -> 128).
+    seed
+        Seeds the head's initialisation.
+    """
+
+    def __init__(self, space: nn.Module, embedding_dim: int = 128, hidden_dim: int | None = None, seed: int = 0):
+        super().__init__()
+        _, _, classifier = final_linear(space)
+        self.space = space
+        self.feature_dim = int(classifier.in_features)
+        self.embedding_dim = int(embedding_dim)
+        self.uses_features = callable(getattr(space, 'features', None))
+        self._classifier = [classifier]  # a list: a reference, not a second registration of the module
+        hidden = int(hidden_dim or self.feature_dim)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.head = nn.Sequential(nn.Linear(self.feature_dim, hidden), nn.ReLU(inplace=True),
+                                      nn.Linear(hidden, self.embedding_dim))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features ``[N, feature_dim]`` of the currently activated path."""
+        if self.uses_features:
+            features = self.space.features(x)
+            features = features.flatten(2).mean(2) if features.dim() > 2 else features
+        else:
+            captured: list[torch.Tensor] = []
+            handle = self._classifier[0].register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+            try:
+                self.space(x)
+            finally:
+                handle.remove()
+            features = captured[-1].flatten(1)
+        if features.shape[1] != self.feature_dim:
+            raise ValueError(f'{type(self.space).__name__}: features have {features.shape[1]} channels but its '
+                             f'classifier reads {self.feature_dim}. features(x) must return what the classifier '
+                             'pools; fix features() or remove it so the classifier input is used.')
+        return features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+
+def activate(modules: Sequence[BaseSuperNetModule], path: Mapping[str, Any]) -> None:
+    """Route a supernet through ``path`` (every supernet module takes its choice from the dict)."""
+    memo = dict(path)
+    for module in modules:
+        module.resample(memo=memo)
+
+
+def supernet_modules(model: nn.Module) -> list[BaseSuperNetModule]:
+    """The path-sampling modules of ``model``, in module order."""
+    return [m for m in model.modules() if isinstance(m, BaseSuperNetModule)]
+
+
+# -- path pairs ------------------------------------------------------------------------------------------------
+def count_paths(mutables: Mapping[str, Any], limit: int = 2) -> int:
+    """Number of architectures the mutables span, capped at ``limit`` (non-categorical mutables count as many)."""
+    total = 1
+    for mutable in mutables.values():
+        total *= len(mutable.values) if isinstance(mutable, Categorical) else limit
+        if total >= limit:
+            return limit
+    return total
+
+
+def rng_state_to_plain(rng: np.random.RandomState) -> dict[str, Any]:
+    """A ``RandomState`` state as a tensor and plain values (loadable with ``torch.load(weights_only=True)``)."""
+    name, keys, pos, has_gauss, cached_gaussian = rng.get_state(legacy=True)
+    return {'name': str(name), 'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),
+            'has_gauss': int(has_gauss), 'cached_gaussian': float(cached_gaussian)}
+
+
+def rng_state_from_plain(state: Mapping[str, Any]) -> tuple:
+    """Inverse of :func:`rng_state_to_plain`, for ``RandomState.set_state``."""
+    keys = state['keys'].numpy().astype(np.uint32)
+    return state['name'], keys, int(state['pos']), int(state['has_gauss']), float(state['cached_gaussian'])
+
+
+class PathPairSampler:
+    """Seeded draws of single paths and of path pairs that differ in every choice that has two or more values.
+
+    Pi-NAS samples, per block, two distinct candidates without replacement (methods.md 4.4). Here the first path
+    is a uniform draw; the second takes, for every categorical choice, a uniform draw among the *other* values
+    (non-categorical mutables are redrawn a few times until they differ). A space's ``repair(sample, rng)`` hook
+    is applied to both and ``filter(sample)`` must accept both, else the pair is redrawn. The generator is the
+    only source of randomness, so DDP ranks built with the same seed draw the same pairs.
+
+    Parameters
+    ----------
+    mutables
+        ``model.simplify()`` of the space.
+    seed
+        Seed of the generator.
+    filter, repair
+        Optional space hooks (see :class:`~nni_labelfree.strategies.RLNAS`).
+    patience
+        Draws before giving up on the filter.
+    """
+
+    def __init__(self, mutables: Mapping[str, Any], seed: int, filter: Callable[[dict], bool] | None = None,
+                 repair: Callable[[dict, random.Random], dict] | None = None, patience: int = 100):
+        self.mutables, self.filter, self.repair, self.patience = dict(mutables), filter, repair, patience
+        self.rng = np.random.RandomState(int(seed) % 2 ** 32)
+
+    def _uniform(self) -> dict:
+        sample: dict = {}
+        for mutable in self.mutables.values():
+            mutable.random(memo=sample, random_state=self.rng)
+        return sample
+
+    def _other(self, first: Mapping[str, Any]) -> dict:
+        second: dict = {}
+        for label, mutable in self.mutables.items():
+            if isinstance(mutable, Categorical):
+                others = [v for v in mutable.values if v != first[label]] or list(mutable.values)
+                second[label] = others[self.rng.randint(len(others))]
+                continue
+            for _ in range(10):
+                trial = dict(second)
+                mutable.random(memo=trial, random_state=self.rng)
+                if any(trial[k] != first.get(k) for k in trial if k not in second):
+                    break
+            second = trial
+        return second
+
+    def _repaired(self, sample: dict) -> dict:
+        if self.repair is None:
+            return sample
+        return self.repair(sample, random.Random(int(self.rng.randint(0, 2 ** 31 - 1))))
+
+    def _accepted(self, *samples: dict) -> bool:
+        return self.filter is None or all(self.filter(s) for s in samples)
+
+    def single(self) -> dict:
+        """One uniform path (repaired, filtered)."""
+        for _ in range(self.patience):
+            sample = self._repaired(self._uniform())
+            if self._accepted(sample):
+                return sample
+        raise RuntimeError(f'No path passed the space filter in {self.patience} draws; check the filter.')
+
+    def pair(self) -> tuple[dict, dict]:
+        """Two paths differing wherever the space allows (repaired, both filtered)."""
+        for _ in range(self.patience):
+            first = self._uniform()
+            second = self._other(first)
+            first, second = self._repaired(first), self._repaired(second)
+            if self._accepted(first, second):
+                return first, second
+        raise RuntimeError(f'No pair of paths passed the space filter in {self.patience} draws; check the filter.')
+
+    def state(self) -> dict[str, Any]:
+        """The generator state as plain values."""
+        return rng_state_to_plain(self.rng)
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state`."""
+        self.rng.set_state(rng_state_from_plain(state))
+
+
+# -- the path-wise mean teacher -------------------------------------------------------------------------------
+class PathwiseEMA:
+    """Exponential moving average of the student into the teacher, restricted to the modules a path ran.
+
+    Pi-NAS updates, before computing the keys of path P, only the teacher modules on P (stem, the chosen blocks
+    with any downsample they share, the head): ``theta_t <- m * theta_t + (1 - m) * theta_s``. Which modules are on
+    P is observed, not inferred: :meth:`record` registers forward hooks on every student module that owns
+    parameters while the student runs P, so shared modules, nested choices and repeats are handled alike. A module
+    used by both paths of a step is updated twice (an effective ``m**2``), as in the paper's code.
+
+    Parameters
+    ----------
+    student, teacher
+        Two networks of identical structure (the teacher a deep copy of the student).
+    momentum
+        ``m`` in ``[0, 1]`` (Pi-NAS: 0.999).
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, momentum: float):
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f'momentum must lie in [0, 1] (Pi-NAS: 0.999), got {momentum!r}.')
+        pairs = zip(student.named_modules(remove_duplicate=False), teacher.named_modules(remove_duplicate=False))
+        self.teacher_of: dict[int, nn.Module] = {}
+        for (name_s, module_s), (name_t, module_t) in pairs:
+            if name_s != name_t:
+                raise ValueError(f'student and teacher differ in structure at {name_s!r} / {name_t!r}.')
+            self.teacher_of[id(module_s)] = module_t
+        self.owners = [m for m in student.modules() if next(m.parameters(recurse=False), None) is not None]
+        self.momentum = float(momentum)
+
+    @contextlib.contextmanager
+    def record(self) -> Iterator[list[nn.Module]]:
+        """Collect, in order of first execution, the parameter-owning student modules run inside the block."""
+        ran: dict[int, nn.Module] = {}
+
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            ran.setdefault(id(module), module)
+
+        handles = [m.register_forward_hook(hook) for m in self.owners]
+        modules: list[nn.Module] = []
+        try:
+            yield modules
+        finally:
+            for handle in handles:
+                handle.remove()
+            modules.extend(ran.values())
+
+    @torch.no_grad()
+    def update(self, modules: Sequence[nn.Module]) -> None:
+        """One EMA step on the teacher copies of ``modules`` (their own parameters, not their children's)."""
+        student, teacher = [], []
+        for module in modules:
+            student.extend(p.detach() for p in module.parameters(recurse=False))
+            teacher.extend(self.teacher_of[id(module)].parameters(recurse=False))
+        if teacher:
+            torch._foreach_mul_(teacher, self.momentum)
+            torch._foreach_add_(teacher, student, alpha=1.0 - self.momentum)
+
+
+# -- the queue of negatives -----------------------------------------------------------------------------------
+class KeyQueue:
+    """A first-in first-out memory of ``size`` teacher keys (Pi-NAS's feature container, MoCo's queue).
+
+    Starts as unit-norm Gaussian noise (seeded). :meth:`enqueue` overwrites the oldest rows, wrapping around the
+    end, so any batch size up to ``size`` works; Pi-NAS's code requires ``size % batch == 0``, which makes every
+    batch land in one contiguous block, but the first-in first-out order is the same either way.
+
+    Parameters
+    ----------
+    size
+        Number of keys kept (Pi-NAS: 49152).
+    dim
+        Key width.
+    seed
+        Seeds the initial noise.
+    """
+
+    def __init__(self, size: int, dim: int, seed: int = 0):
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f'queue_size must be a positive integer (Pi-NAS: 49152), got {size!r}.')
+        generator = torch.Generator().manual_seed(seed)
+        self.keys = F.normalize(torch.randn(size, dim, generator=generator), dim=1)
+        self.pointer = 0
+        self.filled = 0  # keys enqueued so far (capped at size): how much of the queue is real data
+
+    @property
+    def size(self) -> int:
+        return len(self.keys)
+
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Append ``keys`` ``[B, dim]`` (``B <= size``), dropping the ``B`` oldest."""
+        if keys.dim() != 2 or keys.shape[1] != self.keys.shape[1]:
+            raise ValueError(f'keys must be [B, {self.keys.shape[1]}], got {tuple(keys.shape)}.')
+        if len(keys) > self.size:
+            raise ValueError(f'A batch of {len(keys)} keys does not fit a queue of {self.size}: raise queue_size to '
+                             f'at least the global batch (ideally a multiple of it) or lower the batch size.')
+        rows = ((self.pointer + torch.arange(len(keys))) % self.size).to(self.keys.device)
+        # Out of place: the previous tensor may still be needed by autograd (the loss read it as negatives).
+        self.keys = self.keys.index_copy(0, rows, keys.detach().to(self.keys))
+        self.pointer = int((self.pointer + len(keys)) % self.size)
+        self.filled = min(self.size, self.filled + len(keys))
+
+    def ordered(self) -> torch.Tensor:
+        """The keys from oldest to newest."""
+        return torch.roll(self.keys, -self.pointer, dims=0)
+
+    def to(self, device: torch.device | str) -> 'KeyQueue':
+        self.keys = self.keys.to(device)
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        return {'keys': self.keys.detach().cpu().clone(), 'pointer': self.pointer, 'filled': self.filled}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if tuple(state['keys'].shape) != tuple(self.keys.shape):
+            raise ValueError(f'The checkpoint\'s queue is {tuple(state["keys"].shape)} but this search uses '
+                             f'{tuple(self.keys.shape)}: resume with the original queue_size and embedding_dim.')
+        self.keys = state['keys'].to(self.keys)
+        self.pointer, self.filled = int(state['pointer']), int(state['filled'])
+
+
+# -- losses and monitors --------------------------------------------------------------------------------------
+def key_plan(num_views: int, cross_path: bool) -> tuple[int, int, bool]:
+    """Which views the teacher embeds and how keys pair with queries.
+
+    The student embeds view 0 through ``P_i`` (``q_i``) and view 1 through ``P_j`` (``q_j``). Returns
+    ``(view of k_i, view of k_j, crossed)``, where ``k_i`` is the teacher's key through ``P_i``; ``crossed`` means
+    ``q_i`` pairs with ``k_j`` and ``q_j`` with ``k_i`` (Pi-NAS), else each query pairs with its own path's key.
+    Every positive comes from a view other than its query's: with 4 views from views 2 and 3 (the released code),
+    with 2 views from the other student view.
+    """
+    if num_views == 4:
+        return 2, 3, cross_path
+    if num_views != 2:
+        raise ValueError(f'Pi-NAS uses 2 or 4 views per image, got {num_views}.')
+    return (0, 1, True) if cross_path else (1, 0, False)
+
+
+def info_nce(query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor,
+             temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """InfoNCE of unit queries against their positive keys and a bank of negatives (Pi-NAS Eq. 4, one term).
+
+    Returns the mean loss ``-log(exp(q.k/t) / (exp(q.k/t) + sum_n exp(q.n/t)))`` and the fraction of queries whose
+    positive beats every negative.
+    """
+    positive = (query * key).sum(1, keepdim=True)
+    logits = torch.cat([positive, query @ negatives.t()], dim=1) / temperature
+    target = torch.zeros(len(query), dtype=torch.long, device=query.device)
+    accuracy = (logits.argmax(1) == 0).float().mean()
+    return F.cross_entropy(logits, target), accuracy
+
+
+def consistency_loss(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """Pi-NAS Eq. 1 alone (no negatives): ``2 - 2 q.k`` for unit vectors, i.e. their squared distance."""
+    return (2.0 - 2.0 * (query * key).sum(1)).mean()
+
+
+def embedding_spread(embeddings: torch.Tensor) -> float:
+    """``sqrt(total variance)`` of unit vectors across the batch: near 1 when spread, 0 when all are equal."""
+    unit = F.normalize(embeddings.detach().float(), dim=1)
+    return float(unit.var(0, unbiased=False).sum().clamp(min=0).sqrt())
+
+
+class CollapseMonitor:
+    """Flags a collapse when the embedding spread stays below ``threshold`` for ``patience`` consecutive steps.
+
+    A collapsed supernet maps every image to (nearly) the same vector; Pi-NAS without negatives does so (Table 7:
+    "collision"). The spread (:func:`embedding_spread`) of a healthy contrastive supernet stays well above 0.1.
+    """
+
+    def __init__(self, threshold: float = 0.05, patience: int = 20):
+        if threshold < 0 or patience < 1:
+            raise ValueError(f'collapse_threshold must be >= 0 and collapse_patience >= 1, got {threshold}, {patience}.')
+        self.threshold, self.patience = float(threshold), int(patience)
+        self.below = 0
+        self.collapsed_at: int | None = None
+
+    @property
+    def collapsed(self) -> bool:
+        return self.collapsed_at is not None
+
+    def update(self, spread: float, step: int) -> bool:
+        """Record one step's spread; True exactly when this step confirms a collapse."""
+        self.below = self.below + 1 if (math.isnan(spread) or spread < self.threshold) else 0
+        if self.below >= self.patience and self.collapsed_at is None:
+            self.collapsed_at = int(step)
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {'below': self.below, 'collapsed_at': -1 if self.collapsed_at is None else self.collapsed_at}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.below = int(state['below'])
+        self.collapsed_at = None if int(state['collapsed_at']) < 0 else int(state['collapsed_at'])

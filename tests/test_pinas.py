@@ -1,0 +1,340 @@
+"""Pi-NAS as an NNI strategy: path pairs, the path-wise mean teacher, the queue, learning on CIFAR images, collapse,
+exact resume, export on NAS-Bench-201 and ResNeSt, ablations and bad input."""
+import io
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from nni.nas.evaluator.pytorch import Classification, DataLoader
+from nni.nas.experiment import NasExperiment
+from nni.nas.nn.pytorch import LayerChoice, ModelSpace
+from nni.nas.oneshot.pytorch.supermodule.sampling import PathSamplingLayer
+from pytorch_lightning import Callback
+
+from nni_labelfree.benchmarks.nasbench201 import NB201_LABELS, NB201_OPS
+from nni_labelfree.data import TensorImageDataset, image_source
+from nni_labelfree.search_spaces import NasBench201Space, ResNeStSpace
+from nni_labelfree.search_spaces.resnest import CANDIDATE_NAMES
+from nni_labelfree.strategies.pinas import PiNAS
+from nni_labelfree.strategies.pinas_parts import KeyQueue, PathPairSampler, key_plan
+
+pytestmark = [pytest.mark.filterwarnings('ignore:.*self.log.*'), pytest.mark.filterwarnings('ignore:.*nni.trace.*')]
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _images(n=64, size=16, labels=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+    return TensorImageDataset(images, torch.randint(0, 4, (n,), generator=g) if labels else None,
+                              num_true_classes=4 if labels else None)
+
+
+class LossLog(Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs['loss'] if isinstance(outputs, dict) else outputs))
+
+
+def _evaluator(data, epochs=1, batch=16, val=None, callbacks=(), **kwargs):
+    return Classification(train_dataloaders=DataLoader(data, batch_size=batch, shuffle=True),
+                          val_dataloaders=DataLoader(val if val is not None else data, batch_size=batch),
+                          num_classes=4, learning_rate=0.01, max_epochs=epochs, enable_progress_bar=False,
+                          logger=False, enable_checkpointing=False, enable_model_summary=False,
+                          callbacks=list(callbacks), **kwargs)
+
+
+def _nb201(seed=0):
+    torch.manual_seed(seed)
+    return NasBench201Space(channels=4, cells_per_stage=1, num_classes=4)
+
+
+def _resnest(seed=0):
+    torch.manual_seed(seed)
+    return ResNeStSpace(base_width=4, depths=(1, 1, 1, 1), num_classes=4, stem='cifar')
+
+
+SMALL = dict(queue_size=64, selection='label_free', search='evolution', held_out_images=32, probe_images=16,
+             evolution=dict(population_size=4, top_k=2, num_mutation=2, num_crossover=2, generations=1))
+
+
+def _driven(strategy, space, data=None):
+    """Strategy, supernet and Lightning module wired by hand (no trainer): for single-step checks."""
+    net = strategy.mutate_model(space)
+    lightning = strategy.mutate_evaluator(_evaluator(data or _images()))
+    module = lightning.module
+    module.set_model(net)
+    module._ensure_state()
+    return net, lightning, module
+
+
+# -- paths ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('make_space', [_nb201, _resnest])
+def test_sampled_path_pairs_differ_in_every_choice_and_follow_the_seed(make_space):
+    space = make_space()
+    mutables = space.simplify()
+    filter = getattr(space, 'sample_filter', None)
+    sampler, again, other = (PathPairSampler(mutables, seed=s, filter=filter) for s in (3, 3, 4))
+    pairs = [sampler.pair() for _ in range(100)]
+    for first, second in pairs:
+        assert set(first) == set(second) == set(mutables)
+        assert all(first[k] != second[k] for k in mutables)  # every choice differs (Pi-NAS: without replacement)
+        assert filter is None or (filter(first) and filter(second))
+    assert pairs == [again.pair() for _ in range(100)]  # same seed, same pairs: what keeps DDP ranks in step
+    assert pairs != [other.pair() for _ in range(100)]
+    firsts = {tuple(sorted(first.items())) for first, _ in pairs}
+    assert len(firsts) > 50  # and they are spread over the space
+
+
+def test_key_plan_pairs_every_query_with_another_view():
+    for num_views in (2, 4):
+        for cross in (True, False):
+            view_i, view_j, crossed = key_plan(num_views, cross)
+            assert crossed == cross
+            positive_of_qi, positive_of_qj = ((view_j, 'j'), (view_i, 'i')) if crossed else ((view_i, 'i'), (view_j, 'j'))
+            assert positive_of_qi[0] != 0 and positive_of_qj[0] != 1  # q_i reads view 0, q_j view 1
+            assert (positive_of_qi[1] == 'j') == cross
+    assert key_plan(2, True) == (0, 1, True)  # k_j = T(view 1; P_j) is q_i's positive: other path and view
+    with pytest.raises(ValueError, match='2 or 4 views'):
+        key_plan(3, True)
+
+
+# -- the mean teacher ---------------------------------------------------------------------------------------------
+def _uses(student, path_i, path_j):
+    """How many of the two paths run each student parameter (from the LayerChoice structure, independently of the
+    hooks the EMA uses): 0, 1 or 2. The unused classifier counts 0."""
+    choices = [(name, m) for name, m in student.named_modules() if isinstance(m, PathSamplingLayer)]
+    classifier = next(n for n, m in reversed(list(student.space.named_modules())) if isinstance(m, nn.Linear))
+    counts = {}
+    for name, _ in student.named_parameters():
+        inside = [(m.label, name[len(prefix) + 1:].split('.')[0]) for prefix, m in choices
+                  if name.startswith(prefix + '.')]
+        if name.startswith(f'space.{classifier}.'):
+            counts[name] = 0
+        elif inside:
+            label, candidate = inside[-1]
+            counts[name] = int(str(path_i[label]) == candidate) + int(str(path_j[label]) == candidate)
+        else:
+            counts[name] = 2
+    return counts
+
+
+@pytest.mark.parametrize('make_space', [_nb201, _resnest])
+def test_teacher_follows_the_pathwise_ema_exactly_and_never_gets_gradients(make_space):
+    strategy = PiNAS(momentum=0.9, **SMALL)
+    student, lightning, module = _driven(strategy, make_space())
+    teacher = module.teacher
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=generator))
+    t0 = {k: v.clone() for k, v in teacher.named_parameters()}
+    s0 = {k: v.detach().clone() for k, v in student.named_parameters()}
+    batch = next(iter(lightning.train_dataloaders))
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    counts = _uses(student, *module.last_paths)
+    assert set(counts.values()) == {0, 1, 2}
+    m = strategy.momentum
+    for name, value in teacher.named_parameters():
+        c = counts[name]
+        expected = t0[name] * m ** c + s0[name] * (1 - m ** c)  # c EMA steps towards the (unchanged) student
+        assert torch.allclose(value, expected, atol=1e-6, rtol=0), (name, c)
+        assert not value.requires_grad and value.grad is None
+    teacher_ids = {id(p) for p in teacher.parameters()}
+    assert not teacher_ids & {id(p) for p in module.parameters()}  # no optimiser, no DDP, no Lightning state
+    assert any(p.grad is not None for p in student.parameters())
+
+
+# -- the queue ------------------------------------------------------------------------------------------------------
+def test_key_queue_is_first_in_first_out():
+    queue = KeyQueue(10, 4, seed=0)
+    assert torch.allclose(queue.keys.norm(dim=1), torch.ones(10)) and queue.filled == 0
+    batches = [torch.randn(3, 4, generator=torch.Generator().manual_seed(k)) for k in range(5)]
+    for keys in batches:
+        queue.enqueue(keys)
+    assert queue.size == 10 and queue.pointer == 5 and queue.filled == 10
+    assert torch.equal(queue.ordered(), torch.cat(batches)[-10:])  # the newest 10, oldest first
+    with pytest.raises(ValueError, match='does not fit'):
+        queue.enqueue(torch.randn(11, 4))
+
+
+def test_training_steps_enqueue_the_mean_key_of_each_step():
+    strategy = PiNAS(**SMALL)
+    _, lightning, module = _driven(strategy, _nb201())
+    seen = []
+    enqueue = module.queue.enqueue
+    module.queue.enqueue = lambda keys: (seen.append(keys.clone()), enqueue(keys))
+    for step, batch in zip(range(3), lightning.train_dataloaders):
+        module.training_step(batch, step)
+    assert module.queue.pointer == 48 and module.queue.filled == 48 and len(seen) == 3
+    assert torch.equal(module.queue.ordered()[-48:], torch.cat(seen))
+    norms = seen[0].norm(dim=1)  # the unnormalised mean of two unit keys
+    assert (norms <= 1 + 1e-6).all() and (norms < 1 - 1e-4).any()
+
+
+# -- learning and collapse on CIFAR images ------------------------------------------------------------------------
+def _cifar_run(shared_data, **overrides):
+    data = image_source('imagefolder', root=shared_data / 'images' / 'cifar10_jpeg.tar.gz', split='train',
+                        num_images=64, image_size=16)
+    log = LossLog()
+    # momentum 0.99: over 80 steps the paper's 0.999 would leave the teacher at ~85% of its random start.
+    strategy = PiNAS(**{**SMALL, 'momentum': 0.99, **overrides})
+    torch.manual_seed(0)
+    NasExperiment(NasBench201Space(channels=4, cells_per_stage=1), _evaluator(data, epochs=20, callbacks=[log]),
+                  strategy).run()
+    return strategy.oneshot_module, log.losses
+
+
+@pytest.fixture(scope='module')
+def cifar_run():
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f'test data folder {SHARED_DATA} is absent (it ships beside the repository)')
+    return _cifar_run(SHARED_DATA)
+
+
+def test_loss_is_finite_and_falls_on_cifar_images(cifar_run):
+    """80 steps on 64 CIFAR-10 JPEGs: once the queue holds real keys (step 4), the InfoNCE loss must fall."""
+    module, losses = cifar_run
+    assert len(losses) == 80 and all(math.isfinite(x) for x in losses)
+    chance = 2 * math.log(64 + 1)  # two terms, one positive among 64 queued negatives
+    early, late = sum(losses[8:24]) / 16, sum(losses[-16:]) / 16
+    assert early - late > 0.2 and late < chance - 0.4, (early, late, chance)
+    assert not module.collapse.collapsed and module.history[-1]['embedding_spread'] > 0.1
+    similarity = module.history[-1]['cross_path_similarity']
+    assert -1.0 <= similarity <= 1.0 and module.similarity_matrix.shape == (4, 4)
+
+
+def test_collapse_is_detected_without_negatives(shared_data):
+    with pytest.warns(RuntimeWarning, match='collapsed.*negatives=False'):
+        module, losses = _cifar_run(shared_data, negatives=False)
+    assert module.collapse.collapsed and module.history[-1]['collapsed'] == 1.0
+    assert module.history[-1]['embedding_spread'] < 0.05 and losses[-1] < 0.05  # consistent, but constant
+
+
+# -- resume ---------------------------------------------------------------------------------------------------------
+def _fit(epochs, ckpt_path=None, save_to=None):
+    strategy = PiNAS(**SMALL)
+    net = strategy.mutate_model(_nb201(seed=1))
+    lightning = strategy.mutate_evaluator(_evaluator(_images(32), epochs=epochs, batch=8))
+    if ckpt_path is not None:
+        lightning.fit_kwargs['ckpt_path'] = str(ckpt_path)
+    lightning.evaluate(net)
+    if save_to is not None:
+        lightning.trainer.save_checkpoint(str(save_to), weights_only=False)
+    return lightning.module
+
+
+def test_a_resumed_search_continues_exactly(tmp_path):
+    straight = _fit(2)
+    _fit(1, save_to=tmp_path / 'epoch1.ckpt')
+    state = torch.load(tmp_path / 'epoch1.ckpt', weights_only=False)['pinas']
+    assert {'teacher', 'queue', 'sampler', 'history'} <= set(state)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    torch.load(buffer, weights_only=True)  # Pi-NAS's own state is plain tensors and values
+    resumed = _fit(2, ckpt_path=tmp_path / 'epoch1.ckpt')
+    for name, value in straight.network.state_dict().items():
+        assert torch.equal(value, resumed.network.state_dict()[name]), name
+    for name, value in straight.teacher.state_dict().items():
+        assert torch.equal(value, resumed.teacher.state_dict()[name]), name
+    assert torch.equal(straight.queue.keys, resumed.queue.keys) and straight.queue.pointer == resumed.queue.pointer
+    assert straight.sampler.pair() == resumed.sampler.pair()
+    assert straight.history == resumed.history and straight.steps == resumed.steps == 8
+
+
+# -- experiments and export ---------------------------------------------------------------------------------------
+def test_nas_experiment_on_nasbench201_selects_by_linear_evaluation():
+    strategy = PiNAS(**{**SMALL, 'selection': 'auto', 'linear_eval': dict(steps=10, bn_batches=1, epoch_steps=5),
+                        'linear_eval_every': 1})
+    torch.manual_seed(0)
+    experiment = NasExperiment(_nb201(), _evaluator(_images(), epochs=1, val=_images(32, seed=1)), strategy)
+    experiment.run()
+    top = experiment.export_top_models(top_k=3, formatter='dict')
+    assert len(top) == 3 and len({tuple(sorted(a.items())) for a in top}) == 3
+    for arch in top:
+        assert set(arch) == set(NB201_LABELS) and set(arch.values()) <= set(NB201_OPS)
+    module = strategy.oneshot_module
+    assert module.selection_kind == 'linear_eval'
+    fitness = [f for _, f in module.search_result]
+    assert fitness == sorted(fitness, reverse=True) and all(0.0 <= f <= 1.0 for f in fitness)
+    assert 0.0 <= module.history[0]['linear_eval_acc'] <= 1.0
+
+
+def test_label_free_selection_on_resnest():
+    strategy = PiNAS(**{**SMALL, 'selection': 'auto'})
+    experiment = NasExperiment(_resnest(), _evaluator(_images(labels=False), epochs=1), strategy)
+    experiment.run()
+    [arch] = experiment.export_top_models(formatter='dict')
+    assert set(arch) == {f'block{i}' for i in range(4)} and set(arch.values()) <= set(CANDIDATE_NAMES)
+    module = strategy.oneshot_module
+    assert module.selection_kind == 'label_free' and module.search_result[0][1] <= 0.0  # minus an InfoNCE loss
+    frozen = experiment.export_top_models(formatter='instance')[0]
+    assert frozen(torch.randn(2, 3, 16, 16)).shape == (2, 4)  # the exported network keeps its classifier
+
+
+@pytest.mark.parametrize('overrides', [dict(cross_path=False), dict(mean_teacher=False), dict(num_views=4),
+                                       dict(key_bn_groups=1)])
+def test_ablations_train(overrides):
+    strategy = PiNAS(**{**SMALL, **overrides})
+    _, lightning, module = _driven(strategy, _nb201())
+    batch = next(iter(lightning.train_dataloaders))
+    assert batch[0].shape[1] == strategy.num_views
+    loss = module.training_step(batch, 0)
+    assert torch.isfinite(loss) and loss.requires_grad
+    assert (module.teacher is None) == (not strategy.mean_teacher)
+
+
+# -- bad input ------------------------------------------------------------------------------------------------------
+class OnePath(ModelSpace):
+    def __init__(self):
+        super().__init__()
+        self.conv = LayerChoice([nn.Conv2d(3, 4, 1)], label='conv')
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+class NoLinear(ModelSpace):
+    def __init__(self):
+        super().__init__()
+        self.conv = LayerChoice([nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 3, padding=1)], label='conv')
+
+    def forward(self, x):
+        return self.conv(x).mean((2, 3))
+
+
+def test_bad_input_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match='two different paths.*at least two candidates'):
+        PiNAS().mutate_model(OnePath())
+    with pytest.raises(ValueError, match='nn.Linear'):
+        PiNAS().mutate_model(NoLinear())
+    with pytest.raises(ValueError, match='queue_size=8 is smaller than the batch of 16'):
+        _driven(PiNAS(queue_size=8), _nb201())
+    with pytest.raises(ValueError, match='at least 2 images'):
+        strategy = PiNAS(**SMALL)
+        strategy.mutate_model(_nb201())
+        strategy.mutate_evaluator(_evaluator(_images(), batch=1))
+    for kwargs, message in ((dict(temperature=0), 'temperature'), (dict(num_views=3), 'num_views'),
+                            (dict(selection='best'), 'selection'), (dict(momentum=1.5), 'momentum'),
+                            (dict(key_bn_groups=0), 'key_bn_groups')):
+        with pytest.raises(ValueError, match=message):
+            PiNAS(**kwargs)
+    strategy = PiNAS(**{**SMALL, 'selection': 'linear_eval'})
+    NasExperiment(_nb201(), _evaluator(_images(labels=False), epochs=1), strategy).run()
+    with pytest.raises(ValueError, match='label_free'):
+        strategy.oneshot_module.export()
