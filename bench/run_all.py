@@ -32,6 +32,9 @@ def speed_benchmarks() -> None:
                          ('trial_overhead', ['--images', '2000', '--epochs', '5', '--rounds', '5'])):
         if _run(module, *args, '--out', str(RESULTS / f'{module}.json')).wait() != 0:
             raise SystemExit(f'benchmark {module} failed')
+    pinas_args = ['--channels', '16', '--cells', '1', '--batch', '64', '--steps', '20', '--rounds', '3']
+    if _run('pinas_step_time', *pinas_args, '--out', str(RESULTS / 'pinas_step_time.json')).wait() != 0:
+        raise SystemExit('benchmark pinas_step_time failed')
 
 
 def quality_benchmarks(minutes: float, seeds=(0, 1, 2), parallel: int = 2) -> None:
@@ -83,6 +86,8 @@ def main() -> None:
         path = RESULTS / f'{name}.json'
         if path.exists():
             summary.append(f'### {name}\n```json\n{path.read_text().strip()}\n```')
+    if (RESULTS / 'pinas_step_time.json').exists():
+        summary.append(f'### pinas_step_time\n```json\n{(RESULTS / "pinas_step_time.json").read_text().strip()}\n```')
     if (RESULTS / 'search_quality').exists():
         summary.append('### search quality\n' + quality_table())
     (RESULTS / 'summary.md').write_text('\n\n'.join(summary) + '\n')

@@ -9,3 +9,6 @@ __all__ += ['SGAS', 'SGASModule']
 from .unrealnas import UnrealNAS  # noqa: E402
 
 __all__ += ['UnrealNAS']
+from .pinas import PiNAS, PiNASModule  # noqa: E402
+
+__all__ += ['PiNAS', 'PiNASModule']

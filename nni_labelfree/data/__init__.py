@@ -49,3 +49,7 @@ from .unreal import (PAPER_NUM_CLASSES, UNREAL_KINDS, HorizontalFlipDataset, def
 __all__ += ['FRACTAL_MEAN', 'FRACTAL_STD', 'FractalImages', 'IFSCategory', 'load_categories', 'render_fractals',
             'save_categories', 'search_categories', 'PAPER_NUM_CLASSES', 'UNREAL_KINDS', 'HorizontalFlipDataset',
             'default_num_classes', 'unreal_dataset']
+# Pi-NAS's augmented views (two or four per image, seeded per image and epoch).
+from .views import ViewConfig, ViewDataset, ViewParams, augment_views, sample_view_params  # noqa: E402
+
+__all__ += ['ViewConfig', 'ViewDataset', 'ViewParams', 'augment_views', 'sample_view_params']

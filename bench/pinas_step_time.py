@@ -1,0 +1,91 @@
+"""Pi-NAS supernet step time vs NNI's RandomOneShot on the same space, images and batch, measured alternately.
+
+Each round trains a fresh supernet for ``--steps`` steps through the same Lightning ``Trainer`` settings, once with
+NNI's ``RandomOneShot`` (SPOS: one path, one forward and backward) and once with ``PiNAS`` (two student passes with
+gradients, two teacher passes without, the path-wise EMA, InfoNCE against the queue, and the two augmented views
+made on the fly in the loading process). A step is the time between consecutive batch starts, median over the steps
+after the first two; one warm-up round each. Also reported: the time to make one batch of views (augmentation),
+so the ratio without it can be read off. Target: ratio <= 3.0.
+
+    python -m bench.pinas_step_time --channels 16 --cells 1 --batch 64 --steps 20 --rounds 3
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import torch
+
+from nni.nas.evaluator.pytorch import Classification, DataLoader
+from nni.nas.oneshot.pytorch.strategy import RandomOneShot
+
+from nni_labelfree.data import TensorImageDataset
+from nni_labelfree.data.views import ViewDataset
+from nni_labelfree.search_spaces import NasBench201Space
+from nni_labelfree.strategies.pinas import PiNAS
+
+from bench.common import StepClock, emit_json
+
+
+def _fit_seconds(strategy, args, dataset) -> float:
+    torch.manual_seed(0)
+    clock = StepClock()
+    space = NasBench201Space(channels=args.channels, cells_per_stage=args.cells)
+    loader = DataLoader(dataset, batch_size=args.batch, shuffle=True, drop_last=True)
+    evaluator = Classification(train_dataloaders=loader, val_dataloaders=loader, num_classes=10, max_epochs=1,
+                               limit_train_batches=args.steps, limit_val_batches=0, num_sanity_val_steps=0,
+                               enable_progress_bar=False, logger=False, enable_checkpointing=False,
+                               enable_model_summary=False, accelerator='cpu', callbacks=[clock])
+    network = strategy.mutate_model(space)
+    strategy.mutate_evaluator(evaluator).evaluate(network)
+    return clock.step_seconds()
+
+
+def _view_seconds(dataset, batch: int, repeats: int = 5) -> float:
+    views = ViewDataset(dataset, 2, seed=0)
+    times = []
+    for k in range(repeats):
+        start = time.perf_counter()
+        views.__getitems__(list(range(k * batch, (k + 1) * batch)))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--channels', type=int, default=16)
+    parser.add_argument('--cells', type=int, default=1)
+    parser.add_argument('--batch', type=int, default=64)
+    parser.add_argument('--steps', type=int, default=20)
+    parser.add_argument('--rounds', type=int, default=3)
+    parser.add_argument('--queue', type=int, default=49152, help='Pi-NAS queue size (paper: 49152)')
+    parser.add_argument('--out', default=None)
+    args = parser.parse_args()
+    warnings.filterwarnings('ignore')
+    g = torch.Generator().manual_seed(0)
+    n = args.batch * (args.steps + 1)
+    dataset = TensorImageDataset(torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),
+                                 torch.randint(0, 10, (n,), generator=g), num_true_classes=10)
+    times: dict[str, list[float]] = {'RandomOneShot': [], 'PiNAS': []}
+    makers = (('RandomOneShot', lambda seed: RandomOneShot()),
+              ('PiNAS', lambda seed: PiNAS(seed=seed, queue_size=args.queue)))
+    for round_index in range(args.rounds + 1):  # round 0 warms up
+        for name, make in makers:
+            seconds = _fit_seconds(make(round_index), args, dataset)
+            if round_index > 0:
+                times[name].append(seconds)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    views = _view_seconds(dataset, args.batch)
+    result = {'space': f'nasbench201 C={args.channels} N={args.cells}', 'batch': args.batch, 'steps': args.steps,
+              'rounds': args.rounds, 'queue_size': args.queue, 'threads': torch.get_num_threads(),
+              'step_seconds_median': medians, 'step_seconds_all': times, 'views_seconds_per_batch': views,
+              'ratio_pinas_over_random_one_shot': medians['PiNAS'] / medians['RandomOneShot'],
+              'ratio_without_augmentation': (medians['PiNAS'] - views) / medians['RandomOneShot'],
+              'target_ratio': 3.0}
+    emit_json(result, args.out)
+
+
+if __name__ == '__main__':
+    main()
