@@ -42,7 +42,7 @@ from nni.nas.nn.pytorch import ModelSpace
 from nni.nas.oneshot.pytorch.strategy import RandomOneShot
 from nni.nas.space import RawFormatModelSpace
 
-from nni_labelfree.data import CIFAR10_MEAN, CIFAR10_STD, derive_seed
+from nni_labelfree.data import CIFAR10_MEAN, CIFAR10_STD, EpochShuffleSampler, derive_seed
 from nni_labelfree.data.views import ViewConfig, ViewDataset
 from nni_labelfree.heads import final_linear
 from nni_labelfree.selection import space_choices
@@ -50,7 +50,6 @@ from nni_labelfree.selection.linear_eval import select_architectures
 
 from .pinas_module import STREAMS, PiNASModule
 from .pinas_parts import ContrastiveNetwork, count_paths
-from .rlnas import EpochShuffleSampler
 
 __all__ = ['PiNAS', 'PiNASModule', 'PINAS_DEFAULTS']
 

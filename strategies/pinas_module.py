@@ -16,14 +16,13 @@ from torch.nn import functional as F
 
 from nni.nas.oneshot.pytorch.sampling import RandomSamplingLightningModule
 
-from nni_labelfree.data import derive_seed
+from nni_labelfree.data import EpochShuffleSampler, derive_seed
 from nni_labelfree.data.views import ViewDataset
 from nni_labelfree.heads import final_linear
 
-from .pinas_parts import (CollapseMonitor, ContrastiveNetwork, KeyQueue, PathPairSampler, PathwiseEMA, activate,
-                          consistency_loss, embedding_spread, info_nce, key_plan, supernet_modules)
+from .pinas_loss import CollapseMonitor, consistency_loss, embedding_spread, info_nce, key_plan
+from .pinas_parts import ContrastiveNetwork, KeyQueue, PathPairSampler, PathwiseEMA, activate, supernet_modules
 from . import pinas_probes as probes
-from .rlnas import EpochShuffleSampler
 
 __all__ = ['PiNASModule']
 

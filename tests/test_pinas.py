@@ -19,7 +19,8 @@ from nni_labelfree.data import TensorImageDataset, image_source
 from nni_labelfree.search_spaces import NasBench201Space, ResNeStSpace
 from nni_labelfree.search_spaces.resnest import CANDIDATE_NAMES
 from nni_labelfree.strategies.pinas import PiNAS
-from nni_labelfree.strategies.pinas_parts import KeyQueue, PathPairSampler, key_plan
+from nni_labelfree.strategies.pinas_loss import key_plan
+from nni_labelfree.strategies.pinas_parts import KeyQueue, PathPairSampler
 
 pytestmark = [pytest.mark.filterwarnings('ignore:.*self.log.*'), pytest.mark.filterwarnings('ignore:.*nni.trace.*')]
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
@@ -338,3 +339,57 @@ def test_bad_input_is_refused_with_the_fix():
     NasExperiment(_nb201(), _evaluator(_images(labels=False), epochs=1), strategy).run()
     with pytest.raises(ValueError, match='label_free'):
         strategy.oneshot_module.export()
+
+
+# -- DDP: run as a script (python tests/test_pinas.py OUTPUT), Lightning relaunches it for rank 1 ---------------------
+def _ddp_main(output: str) -> int:
+    import hashlib
+    import json
+    import warnings as _warnings
+    _warnings.filterwarnings('ignore')
+    torch.set_num_threads(1)
+    steps = []
+
+    class Recorder(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            steps.append([dict(p) for p in pl_module.last_paths])
+
+    def digest(tensors):
+        return hashlib.sha1(b''.join(t.detach().cpu().numpy().tobytes() for t in tensors)).hexdigest()
+
+    strategy = PiNAS(**{**SMALL, 'seed': 7, 'queue_size': 48})
+    evaluator = _evaluator(_images(64, labels=False), epochs=2, batch=8, callbacks=[Recorder()], accelerator='cpu',
+                           devices=2, strategy='ddp_find_unused_parameters_true')
+    net = strategy.mutate_model(_nb201())
+    lightning = strategy.mutate_evaluator(evaluator)
+    lightning.evaluate(net)
+    module = lightning.module
+    record = {'rank': lightning.trainer.global_rank, 'steps': steps, 'arch': module.export(),
+              'queue': digest([module.queue.keys]), 'pointer': module.queue.pointer,
+              'teacher': digest(list(module.teacher.parameters())), 'student': digest(list(net.parameters()))}
+    (Path(output) / f'rank{record["rank"]}.json').write_text(json.dumps(record))
+    return 0
+
+
+@pytest.mark.slow  # two processes (about 30-60 s on a busy 2-core machine)
+def test_ddp_ranks_train_the_same_paths_and_keep_the_same_teacher_and_queue(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_PORT')}
+    env['OMP_NUM_THREADS'] = '1'
+    result = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(tmp_path)], env=env, timeout=600,
+                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f'rank{r}.json').read_text()) for r in (0, 1)]
+    assert len(ranks[0]['steps']) == len(ranks[1]['steps']) == 2 * 64 // 2 // 8
+    assert ranks[0]['steps'] == ranks[1]['steps']  # the same path pair at every step
+    for key in ('arch', 'queue', 'pointer', 'teacher', 'student'):
+        assert ranks[0][key] == ranks[1][key], key
+    assert ranks[0]['pointer'] == (8 * 2 * 8) % 48  # both ranks' keys enqueued: 2 x 8 per step, 8 steps
+
+
+if __name__ == '__main__':
+    import sys
+    raise SystemExit(_ddp_main(sys.argv[1]))

@@ -1,0 +1,92 @@
+"""Pi-NAS's objective: how keys pair with queries, InfoNCE against the queue, Eq. 1 alone, and the collapse monitor.
+
+Reference: Jiefeng Peng, Jiqi Zhang, Changlin Li, Guangrun Wang, Xiaodan Liang, Liang Lin, "Pi-NAS: Improving
+Neural Architecture Search by Reducing Supernet Training Consistency Shift", ICCV 2021, Eq. 1-4 and Table 7.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Mapping
+
+import torch
+from torch.nn import functional as F
+
+__all__ = ['key_plan', 'info_nce', 'consistency_loss', 'embedding_spread', 'CollapseMonitor']
+
+_logger = logging.getLogger(__name__)
+
+
+def key_plan(num_views: int, cross_path: bool) -> tuple[int, int, bool]:
+    """Which views the teacher embeds and how keys pair with queries.
+
+    The student embeds view 0 through ``P_i`` (``q_i``) and view 1 through ``P_j`` (``q_j``). Returns
+    ``(view of k_i, view of k_j, crossed)``, where ``k_i`` is the teacher's key through ``P_i``; ``crossed`` means
+    ``q_i`` pairs with ``k_j`` and ``q_j`` with ``k_i`` (Pi-NAS), else each query pairs with its own path's key.
+    Every positive comes from a view other than its query's: with 4 views from views 2 and 3 (the released code),
+    with 2 views from the other student view.
+    """
+    if num_views == 4:
+        return 2, 3, cross_path
+    if num_views != 2:
+        raise ValueError(f'Pi-NAS uses 2 or 4 views per image, got {num_views}.')
+    return (0, 1, True) if cross_path else (1, 0, False)
+
+
+def info_nce(query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor,
+             temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """InfoNCE of unit queries against their positive keys and a bank of negatives (Pi-NAS Eq. 4, one term).
+
+    Returns the mean loss ``-log(exp(q.k/t) / (exp(q.k/t) + sum_n exp(q.n/t)))`` and the fraction of queries whose
+    positive beats every negative.
+    """
+    positive = (query * key).sum(1, keepdim=True)
+    logits = torch.cat([positive, query @ negatives.t()], dim=1) / temperature
+    target = torch.zeros(len(query), dtype=torch.long, device=query.device)
+    accuracy = (logits.argmax(1) == 0).float().mean()
+    return F.cross_entropy(logits, target), accuracy
+
+
+def consistency_loss(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """Pi-NAS Eq. 1 alone (no negatives): ``2 - 2 q.k`` for unit vectors, i.e. their squared distance."""
+    return (2.0 - 2.0 * (query * key).sum(1)).mean()
+
+
+def embedding_spread(embeddings: torch.Tensor) -> float:
+    """``sqrt(total variance)`` of unit vectors across the batch: near 1 when spread, 0 when all are equal."""
+    unit = F.normalize(embeddings.detach().float(), dim=1)
+    return float(unit.var(0, unbiased=False).sum().clamp(min=0).sqrt())
+
+
+class CollapseMonitor:
+    """Flags a collapse when the embedding spread stays below ``threshold`` for ``patience`` consecutive steps.
+
+    A collapsed supernet maps every image to (nearly) the same vector; Pi-NAS without negatives does so (Table 7:
+    "collision"). The spread (:func:`embedding_spread`) of a healthy contrastive supernet stays well above 0.1.
+    """
+
+    def __init__(self, threshold: float = 0.05, patience: int = 20):
+        if threshold < 0 or patience < 1:
+            raise ValueError(f'collapse_threshold must be >= 0 and collapse_patience >= 1, got {threshold}, {patience}.')
+        self.threshold, self.patience = float(threshold), int(patience)
+        self.below = 0
+        self.collapsed_at: int | None = None
+
+    @property
+    def collapsed(self) -> bool:
+        return self.collapsed_at is not None
+
+    def update(self, spread: float, step: int) -> bool:
+        """Record one step's spread; True exactly when this step confirms a collapse."""
+        self.below = self.below + 1 if (math.isnan(spread) or spread < self.threshold) else 0
+        if self.below >= self.patience and self.collapsed_at is None:
+            self.collapsed_at = int(step)
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {'below': self.below, 'collapsed_at': -1 if self.collapsed_at is None else self.collapsed_at}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.below = int(state['below'])
+        self.collapsed_at = None if int(state['collapsed_at']) < 0 else int(state['collapsed_at'])
