@@ -94,7 +94,8 @@ class PiNAS(RandomOneShot):
     linear_eval_every
         Also measure the linear-evaluation accuracy of the probe paths every that many epochs (0: never).
     held_out_images, probe_images
-        Images for the label-free criterion and for the cross-path similarity.
+        Images for the label-free criterion and for the cross-path similarity: the first ones of the evaluator's
+        validation loader (of its training loader when it has none).
     search, evolution, constraint, exhaustive_limit, top_k
         Ranking: exhaustive when the space has at most ``exhaustive_limit`` architectures and no constraint (or
         ``search='exhaustive'``), else :func:`~nni_labelfree.selection.evolve` with ``evolution`` keyword arguments.

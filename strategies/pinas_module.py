@@ -50,6 +50,7 @@ class PiNASModule(RandomSamplingLightningModule):
         self.history: list[dict[str, float]] = []
         self.last_paths: tuple[dict, dict] | None = None
         self.search_result: list[tuple[dict, float]] | None = None
+        self.selection_kind: str | None = None  # 'linear_eval' or 'label_free' once selected
         self.view_datasets: list[ViewDataset] = []
         self.shuffle_samplers: list[EpochShuffleSampler] = []
         self.train_base = self.val_base = None  # the evaluator's image datasets (labels, if any, for selection)
@@ -211,9 +212,8 @@ class PiNASModule(RandomSamplingLightningModule):
     # -- epochs and probes ----------------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
         self._ensure_state()
-        for model in (self.teacher,):
-            if model is not None:
-                model.to(self.device)
+        if self.teacher is not None:
+            self.teacher.to(self.device)
         self.queue.to(self.device)
         if self.probe_paths is None:
             probe_sampler = PathPairSampler(self.network.simplify(), derive_seed(self.strategy.seed, STREAMS['probe']),

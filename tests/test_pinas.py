@@ -287,6 +287,32 @@ def test_label_free_selection_on_resnest():
     assert frozen(torch.randn(2, 3, 16, 16)).shape == (2, 4)  # the exported network keeps its classifier
 
 
+class Chain(ModelSpace):
+    """No ``features()``: the head reads the input of the final nn.Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.block = LayerChoice({'conv3': nn.Conv2d(8, 8, 3, padding=1), 'conv1': nn.Conv2d(8, 8, 1),
+                                  'pool': nn.AvgPool2d(3, 1, 1)}, label='block')
+        self.norm = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.norm(self.block(torch.relu(self.stem(x))))).mean((2, 3)))
+
+
+def test_a_space_without_features_uses_the_classifier_input():
+    strategy = PiNAS(**{**SMALL, 'search': 'exhaustive'})
+    experiment = NasExperiment(Chain(), _evaluator(_images(32), epochs=1), strategy)
+    experiment.run()
+    network = strategy.oneshot_module.network
+    assert not network.uses_features and network.feature_dim == 8
+    assert network.embed(torch.randn(3, 3, 16, 16)).shape == (3, 8)
+    top = experiment.export_top_models(top_k=3, formatter='dict')
+    assert sorted(a['block'] for a in top) == ['conv1', 'conv3', 'pool']  # all three ranked
+
+
 @pytest.mark.parametrize('overrides', [dict(cross_path=False), dict(mean_teacher=False), dict(num_views=4),
                                        dict(key_bn_groups=1)])
 def test_ablations_train(overrides):
