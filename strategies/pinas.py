@@ -25,9 +25,10 @@ label-free held-out contrastive loss (:mod:`nni_labelfree.selection.linear_eval`
 shared evolutionary search.
 
 Deviations from the paper: the optimiser is the evaluator's (the paper: SGD lr 0.03, momentum 0.9, weight decay
-1e-4, cosine, 100 epochs: pass them to ``Classification``); no shuffle-BN for the teacher (a single process
-normalises over its whole batch anyway; under DDP each rank's teacher uses its own batch statistics); the search
-is evolutionary, not LaNAS/LightGBM; the classifier of the linear evaluation is trained on un-augmented images.
+1e-4, cosine, 100 epochs: pass them to ``Classification``); MoCo's shuffle-BN (keys normalised over a shuffled
+batch spread across GPUs) is emulated inside each process by normalising the keys over ``key_bn_groups`` random
+sub-batches; the search is evolutionary, not LaNAS/LightGBM; the classifier of the linear evaluation is trained on
+un-augmented images; views are 32x32-scaled (:class:`~nni_labelfree.data.views.ViewConfig`).
 """
 from __future__ import annotations
 
@@ -80,6 +81,9 @@ class PiNAS(RandomOneShot):
         2 (the paper's equations) or 4 (its code: separate views for the keys).
     cross_path, mean_teacher, negatives
         Ablation switches of Table 7 (all on: Pi-NAS).
+    key_bn_groups
+        The teacher normalises each batch of keys over this many random sub-batches (shuffle-BN on one process, so
+        a positive cannot be recognised by batch statistics it shares with its query); 1 turns it off.
     collapse_threshold, collapse_patience, stop_on_collapse
         A collapse is reported (warning, ``collapsed`` metric) when the embedding spread stays below the threshold
         for ``patience`` steps; ``stop_on_collapse`` also ends training.
@@ -121,7 +125,8 @@ class PiNAS(RandomOneShot):
         self.momentum, self.embedding_dim, self.hidden_dim = float(momentum), int(embedding_dim), hidden_dim
         self.num_views, self.cross_path = int(num_views), bool(cross_path)
         if not isinstance(key_bn_groups, int) or key_bn_groups < 1:
-            raise ValueError(f'key_bn_groups must be a positive integer (1 turns shuffle-BN off), got {key_bn_groups!r}.')
+            raise ValueError('key_bn_groups must be a positive integer (1 turns shuffle-BN off), got '
+                             f'{key_bn_groups!r}.')
         self.key_bn_groups = key_bn_groups
         self.mean_teacher, self.negatives = bool(mean_teacher), bool(negatives)
         self.collapse_threshold, self.collapse_patience = float(collapse_threshold), int(collapse_patience)

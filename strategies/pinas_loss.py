@@ -67,7 +67,8 @@ class CollapseMonitor:
 
     def __init__(self, threshold: float = 0.05, patience: int = 20):
         if threshold < 0 or patience < 1:
-            raise ValueError(f'collapse_threshold must be >= 0 and collapse_patience >= 1, got {threshold}, {patience}.')
+            raise ValueError('collapse_threshold must be >= 0 and collapse_patience >= 1, got '
+                             f'{threshold}, {patience}.')
         self.threshold, self.patience = float(threshold), int(patience)
         self.below = 0
         self.collapsed_at: int | None = None

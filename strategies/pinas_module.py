@@ -115,6 +115,7 @@ class PiNASModule(RandomSamplingLightningModule):
 
     @torch.no_grad()
     def _key(self, path: dict, images: torch.Tensor) -> torch.Tensor:
+        """Unit keys of ``images`` through ``path`` from the teacher (or the student without a mean teacher)."""
         network = self.teacher if self.teacher is not None else self.network
         network.train()
         activate(self._switches['teacher' if self.teacher is not None else 'student'], path)
@@ -174,7 +175,7 @@ class PiNASModule(RandomSamplingLightningModule):
         loss, accuracy = self._loss((query_i, query_j), positives)
         if self.strategy.negatives:
             self._enqueue((key_i + key_j) / 2)  # the unnormalised mean, as Pi-NAS's code
-        self._after_step(loss, accuracy, torch.cat([query_i, query_j]))
+        self._after_step(loss, accuracy, (query_i, query_j))
         return loss
 
     def _check_queue(self, batch_size: int) -> None:
@@ -184,12 +185,13 @@ class PiNASModule(RandomSamplingLightningModule):
                              'keys enqueued per step. Raise queue_size (ideally to a multiple of the global batch) '
                              'or lower the batch size.')
 
-    def _after_step(self, loss: torch.Tensor, accuracy: torch.Tensor, queries: torch.Tensor) -> None:
+    def _after_step(self, loss: torch.Tensor, accuracy: torch.Tensor, queries: tuple) -> None:
         self.steps += 1
-        spread = embedding_spread(queries)
+        spread = sum(embedding_spread(q) for q in queries) / len(queries)  # over images, path by path
         if self.collapse.update(spread, self.steps):
             self._report_collapse(spread)
-        values = {'contrastive_loss': float(loss.detach()), 'contrastive_acc': float(accuracy), 'embedding_spread': spread}
+        values = {'contrastive_loss': float(loss.detach()), 'contrastive_acc': float(accuracy),
+                  'embedding_spread': spread}
         for name, value in values.items():
             self._sums[name] = self._sums.get(name, 0.0) + value
             self.log(name, value, on_step=False, on_epoch=True)
@@ -274,7 +276,8 @@ class PiNASModule(RandomSamplingLightningModule):
 
     def linear_evaluator(self, **overrides: Any):
         """A :class:`~nni_labelfree.selection.LinearEvaluator` on the evaluator's labeled train/val images."""
-        num_classes = getattr(self.train_base, 'num_true_classes', None) or final_linear(self.network.space)[2].out_features
+        num_classes = (getattr(self.train_base, 'num_true_classes', None)
+                       or final_linear(self.network.space)[2].out_features)
         settings = {k: v for k, v in {**self.strategy.linear_eval, **overrides}.items() if k != 'epoch_steps'}
         return probes.build_linear_evaluator(self.network, self.train_base, self.val_base,
                                              batch_size=self.strategy.batch_size or 64, num_classes=int(num_classes),

@@ -104,7 +104,8 @@ def test_key_plan_pairs_every_query_with_another_view():
         for cross in (True, False):
             view_i, view_j, crossed = key_plan(num_views, cross)
             assert crossed == cross
-            positive_of_qi, positive_of_qj = ((view_j, 'j'), (view_i, 'i')) if crossed else ((view_i, 'i'), (view_j, 'j'))
+            key_i, key_j = (view_i, 'i'), (view_j, 'j')
+            positive_of_qi, positive_of_qj = (key_j, key_i) if crossed else (key_i, key_j)
             assert positive_of_qi[0] != 0 and positive_of_qj[0] != 1  # q_i reads view 0, q_j view 1
             assert (positive_of_qi[1] == 'j') == cross
     assert key_plan(2, True) == (0, 1, True)  # k_j = T(view 1; P_j) is q_i's positive: other path and view

@@ -78,7 +78,8 @@ class ViewConfig:
                 raise ValueError(f'ViewConfig.{name} must be a range (low, high) with 0 < low <= high, got '
                                  f'{getattr(self, name)!r}.')
         if self.crop_scale[1] > 1:
-            raise ValueError(f'ViewConfig.crop_scale is a fraction of the image area, at most 1; got {self.crop_scale}.')
+            raise ValueError('ViewConfig.crop_scale is a fraction of the image area, at most 1; got '
+                             f'{self.crop_scale}.')
         for name in ('jitter_prob', 'grayscale_prob', 'blur_prob', 'flip_prob'):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f'ViewConfig.{name} is a probability in [0, 1], got {getattr(self, name)!r}.')

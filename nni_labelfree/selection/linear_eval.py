@@ -305,7 +305,8 @@ class HeldOutContrastive:
         logits = first @ second.t() / self.temperature
         target = torch.arange(len(first), device=logits.device)
         loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
-        accuracy = 0.5 * float((logits.argmax(1) == target).float().mean() + (logits.argmax(0) == target).float().mean())
+        hits = (logits.argmax(1) == target).float().mean() + (logits.argmax(0) == target).float().mean()
+        accuracy = 0.5 * float(hits)
         return {'loss': float(loss), 'accuracy': accuracy}
 
     def __call__(self, arch: Mapping[str, Any]) -> float:
