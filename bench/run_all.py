@@ -29,7 +29,8 @@ def speed_benchmarks() -> None:
                          ('unnas_step_time', ['--channels', '8', '--cells', '1', '--batch', '16', '--steps', '10',
                                               '--rounds', '2']),
                          ('fractal_speed', ['--categories', '10', '--images', '25000', '--repeats', '3']),
-                         ('trial_overhead', ['--images', '2000', '--epochs', '5', '--rounds', '5'])):
+                         ('trial_overhead', ['--images', '2000', '--epochs', '5', '--rounds', '5']),
+                         ('sgas_speed', [])):
         if _run(module, *args, '--out', str(RESULTS / f'{module}.json')).wait() != 0:
             raise SystemExit(f'benchmark {module} failed')
     pinas_args = ['--channels', '16', '--cells', '1', '--batch', '64', '--steps', '20', '--rounds', '3']
@@ -82,7 +83,7 @@ def main() -> None:
         quality_benchmarks(float(os.environ.get('BENCH_QUALITY_MINUTES', 15)))
     summary = []
     for name in ('angle_speed', 'step_time', 'checkpoint_overhead', 'unnas_step_time', 'fractal_speed',
-                 'trial_overhead'):
+                 'trial_overhead', 'sgas_speed'):
         path = RESULTS / f'{name}.json'
         if path.exists():
             summary.append(f'### {name}\n```json\n{path.read_text().strip()}\n```')

@@ -89,6 +89,7 @@ class SGASModule(DartsLightningModule):
         return self._decisions
 
     def sgas_layers(self) -> Iterable[SgasMixedLayer]:
+        """Every mixed edge of the supernet (several per label when cells share labels)."""
         return (m for m in self.supernet_modules() if isinstance(m, SgasMixedLayer))
 
     def apply_decisions(self) -> None:
