@@ -243,7 +243,8 @@ class PiNASModule(RandomSamplingLightningModule):
         return value
 
     def epoch_metrics(self) -> dict[str, float]:
-        """The current epoch's metrics, computed once (callbacks may call this before the module's own hook)."""
+        """The current epoch's metrics, computed once per epoch: callbacks (which Lightning runs before this
+        module's ``on_train_epoch_end``) may call it, and checkpoints saved at an epoch's end include it."""
         epoch = self.trainer.current_epoch + 1
         if self.history and self.history[-1]['epoch'] == epoch:
             return self.history[-1]
@@ -314,8 +315,17 @@ class PiNASModule(RandomSamplingLightningModule):
             progress = None
         return int(progress.current.processed) if progress is not None else self._data_epoch
 
+    def _at_epoch_end(self) -> bool:
+        try:
+            current = self.trainer.fit_loop.epoch_progress.current
+        except (RuntimeError, AttributeError):
+            return False
+        return current.processed > current.completed  # batches done, epoch-end hooks running
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self._ensure_state()
+        if self._at_epoch_end():  # a callback saving at epoch end runs before this module's on_train_epoch_end
+            self.epoch_metrics()
         teacher = None if self.teacher is None else {k: v.detach().cpu().clone()
                                                      for k, v in self.teacher.state_dict().items()}
         checkpoint['pinas'] = {

@@ -227,15 +227,24 @@ def test_collapse_is_detected_without_negatives(shared_data):
 
 
 # -- resume ---------------------------------------------------------------------------------------------------------
+class SaveAtEpochEnd(Callback):
+    """Saves a checkpoint in on_train_epoch_end, as a search runner's callback does (before the module's hook)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        trainer.save_checkpoint(str(self.path), weights_only=False)
+
+
 def _fit(epochs, ckpt_path=None, save_to=None):
     strategy = PiNAS(**SMALL)
     net = strategy.mutate_model(_nb201(seed=1))
-    lightning = strategy.mutate_evaluator(_evaluator(_images(32), epochs=epochs, batch=8))
+    callbacks = [SaveAtEpochEnd(save_to)] if save_to is not None else []
+    lightning = strategy.mutate_evaluator(_evaluator(_images(32), epochs=epochs, batch=8, callbacks=callbacks))
     if ckpt_path is not None:
         lightning.fit_kwargs['ckpt_path'] = str(ckpt_path)
     lightning.evaluate(net)
-    if save_to is not None:
-        lightning.trainer.save_checkpoint(str(save_to), weights_only=False)
     return lightning.module
 
 
@@ -243,7 +252,7 @@ def test_a_resumed_search_continues_exactly(tmp_path):
     straight = _fit(2)
     _fit(1, save_to=tmp_path / 'epoch1.ckpt')
     state = torch.load(tmp_path / 'epoch1.ckpt', weights_only=False)['pinas']
-    assert {'teacher', 'queue', 'sampler', 'history'} <= set(state)
+    assert {'teacher', 'queue', 'sampler', 'history'} <= set(state) and len(state['history']) == 1
     buffer = io.BytesIO()
     torch.save(state, buffer)
     buffer.seek(0)
