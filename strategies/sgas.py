@@ -69,7 +69,9 @@ class SGASModule(DartsLightningModule):
 
     Per epoch it logs ``sgas_decided_edges`` (non-``none`` decisions so far, all cell types), ``sgas_pruned_edges``,
     ``sgas_open_edges`` and ``skip_connections`` (in the current export's normal cell); :meth:`sgas_metrics`
-    returns the same numbers, and ``decisions.records`` lists every decision with its epoch and score.
+    returns the same numbers, and ``decisions.records`` lists every decision with its epoch and score. Decisions
+    are made at the epoch's last batch, so every callback's ``on_train_epoch_end`` (metrics, checkpoints) already
+    sees that epoch's decision.
     """
 
     def __init__(self, training_module, strategy: 'SGAS'):
