@@ -7,7 +7,10 @@ Three levels, fastest first:
    ones NNI never schedules (returns null or throws);
 3. NNI's real manager and trial keeper with the fake NVML ``tests/fake_gpu/pynvml.py`` first on ``PYTHONPATH``:
    1 fake GPU with ``trialGpuNumber: 1`` schedules every trial (after the launcher's rewrite); 4 fake GPUs run
-   4 trials at once, each with its own ``CUDA_VISIBLE_DEVICES``; the unrewritten 1-GPU config reproduces the hang.
+   4 trials at once, each with its own ``CUDA_VISIBLE_DEVICES``.
+The unrewritten 1-GPU config is deliberately NOT run through the manager: NNI retries the refused trial every
+second and each retry starts its Python GPU collector (whose cache never hits), which piled up to hundreds of
+processes on this shared machine; level 2 shows the refusal with NNI's scheduler instead.
 Real GPUs are not involved anywhere (none on this machine).
 """
 from __future__ import annotations
@@ -19,7 +22,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -269,25 +271,3 @@ def test_four_fake_gpus_run_four_trials_at_once_each_on_its_own_gpu(tmp_path, fa
     records = trial_records(tmp_path)
     assert sorted(r['cuda_visible_devices'] for r in records) == ['0', '1', '2', '3']
     assert max(r['start'] for r in records) < min(r['end'] for r in records), 'all four must run at the same time'
-
-
-@pytest.mark.slow
-def test_unrewritten_one_gpu_config_is_refused_by_nnis_manager(tmp_path, fake_gpus, monkeypatch):
-    """The bug the dispatch works around, reproduced with NNI's manager: the trial is refused and none starts.
-
-    Stopped at the first refusal: NNI then retries every second, and each retry runs its GPU collector (a Python
-    process; its 10-s cache never hits, the collector's output has no timestamp), which piles up on a busy machine.
-    """
-    fake_gpus(1)
-    config = launcher.load_experiment_config(write_gpu_config(tmp_path, trials=1, hold=0))
-    port = free_port()
-    experiment = launcher._start_with_retries(lambda: nni.experiment.Experiment(config), lambda e: e.start(port), port)
-    log_path = tmp_path / 'experiments' / experiment.id / 'log' / 'nnimanager.log'
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline and 'Only have 1 GPUs, requesting 1' not in log_path.read_text():
-            time.sleep(0.5)
-        assert 'Only have 1 GPUs, requesting 1' in log_path.read_text()
-        assert experiment.list_trial_jobs() == []
-    finally:
-        stop_and_reap(experiment)

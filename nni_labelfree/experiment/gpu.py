@@ -7,7 +7,9 @@ How NNI 3.0 places a local trial (read from ``nni_node/training_service/local_v3
   (NVML through ``pynvml``; ``nvidia-smi`` is not used), run with the manager's Python and environment;
 - each trial requests ``trialGpuNumber / maxTrialNumberPerGpu`` GPUs;
 - a request ``>= number of GPUs on the machine`` is refused *every time* (the off-by-one: ``trialGpuNumber: 1`` on
-  a 1-GPU machine never starts, and the manager retries once a second forever, showing no trial at all);
+  a 1-GPU machine never starts, and the manager retries once a second forever, showing no trial at all); every
+  retry also starts the Python GPU collector again (its 10-second cache never hits: the collector's output carries
+  no ``timestamp``), and on a busy machine these pile up (hundreds of processes were seen here with a fake GPU);
 - a request below 1 goes to the least-loaded GPU (fractional sharing); a request of ``n >= 1`` takes ``round(n)``
   whole idle GPUs, so ``trialGpuNumber: 2`` with ``maxTrialNumberPerGpu: 2`` silently gives one GPU;
 - ``useActiveGpu: false`` drops every GPU with any running process (a desktop, another user's job, or this
@@ -20,11 +22,13 @@ on a 1-GPU machine (the fractional request 0.5 is the only one NNI 3.0 schedules
 two trials share the GPU) and 1 otherwise (whole-GPU requests, exclusive by construction). Configurations that
 would hang are refused with the fix before anything starts.
 
-What was verified, and how: with a fake NVML (``tests/fake_gpu/pynvml.py`` first on ``PYTHONPATH``) NNI's real
-manager and trial keeper schedule every trial of ``trialGpuNumber: 1`` on 1 fake GPU after this rewrite (the
-unrewritten config reproduces the hang), and run 4 trials at once on 4 fake GPUs, each with its own
+What was verified, and how (``tests/test_gpu_dispatch.py``): every plan, fed to NNI's own ``scheduler.js`` with a
+mocked inventory (1, 2, 4, 8 GPUs, ``gpuIndices``, multi-GPU trials), schedules every trial with no GPU shared by
+concurrent trials, and what is refused is what that scheduler never schedules (returns null or throws); with a fake
+NVML (``tests/fake_gpu/pynvml.py`` first on ``PYTHONPATH``) NNI's real manager and trial keeper run every trial of
+``trialGpuNumber: 1`` on 1 fake GPU after the rewrite, and 4 trials at once on 4 fake GPUs, each with its own
 ``CUDA_VISIBLE_DEVICES``. Not verified: real GPUs (none on this project's machines), i.e. that CUDA in the trial
-honours the variable, NVML reporting of real processes, and the remote/kubeflow schedulers.
+honours the variable, NVML's reports of real processes (``useActiveGpu``), and the remote/kubeflow schedulers.
 """
 from __future__ import annotations
 
