@@ -129,6 +129,15 @@ class ViewParams:
         """Rows of several parameter sets, in order."""
         return cls(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(cls)})
 
+    @classmethod
+    def from_rows(cls, rows: Sequence[tuple]) -> 'ViewParams':
+        """One tensor per field from per-view tuples ``(crop, flip, jitter, factors, order, gray, blur, sigma)``."""
+        crop, flip, jitter, factors, order, gray, blur, sigma = zip(*rows)
+        return cls(crop=torch.tensor(crop, dtype=torch.float32), flip=torch.tensor(flip),
+                   jitter=torch.tensor(jitter), factors=torch.tensor(factors, dtype=torch.float32),
+                   order=torch.tensor(order, dtype=torch.int64), gray=torch.tensor(gray),
+                   blur=torch.tensor(blur), sigma=torch.tensor(sigma, dtype=torch.float32))
+
 
 def view_rng(seed: int, epoch: int, index: int) -> random.Random:
     """The generator of item ``index``'s views at ``epoch``: a Mersenne Twister seeded by the packed key.
@@ -182,12 +191,7 @@ def sample_view_params(rng: random.Random, count: int, height: int, width: int,
     Every parameter is drawn for every view (even when its op is switched off), so the stream of draws does not
     depend on earlier coin flips beyond the crop's retries.
     """
-    rows = [_one_view(rng, height, width, config) for _ in range(count)]
-    crop, flip, jitter, factors, order, gray, blur, sigma = zip(*rows)
-    return ViewParams(crop=torch.tensor(crop, dtype=torch.float32), flip=torch.tensor(flip),
-                      jitter=torch.tensor(jitter), factors=torch.tensor(factors, dtype=torch.float32),
-                      order=torch.tensor(order, dtype=torch.int64), gray=torch.tensor(gray),
-                      blur=torch.tensor(blur), sigma=torch.tensor(sigma, dtype=torch.float32))
+    return ViewParams.from_rows([_one_view(rng, height, width, config) for _ in range(count)])
 
 
 # -- batched ops on images in [0, 1], [N, C, H, W] -------------------------------------------------------------
@@ -393,10 +397,13 @@ class ViewDataset(Dataset):
     def _normalise(self, views: torch.Tensor) -> torch.Tensor:
         return views if self._stats is None else (views - self._stats[0]) / self._stats[1]
 
+    def _view_rows(self, index: int) -> list[tuple]:
+        rng = view_rng(self.seed, self._epoch, index % len(self))
+        return [_one_view(rng, int(self.height), int(self.width), self.config) for _ in range(self.num_views)]
+
     def view_params(self, index: int) -> ViewParams:
         """The parameters of item ``index``'s views at the current epoch."""
-        return sample_view_params(view_rng(self.seed, self._epoch, index % len(self)), self.num_views,
-                                  int(self.height), int(self.width), self.config)
+        return ViewParams.from_rows(self._view_rows(index))
 
     def __getitems__(self, indices: Sequence[int]) -> list:
         """Items for a whole batch in one vectorised pass (``DataLoader`` calls this when it exists)."""
@@ -406,7 +413,7 @@ class ViewDataset(Dataset):
             raise ValueError(f'views need images of one size in a dataset, got shapes {sorted(shapes)}; resize the '
                              'base images first (image_source(..., image_size=32) does).')
         images = torch.stack([self._to_unit(image) for image, _ in loaded]).repeat_interleave(self.num_views, 0)
-        params = ViewParams.cat([self.view_params(int(i)) for i in indices])
+        params = ViewParams.from_rows([row for i in indices for row in self._view_rows(int(i))])
         views = self._normalise(augment_views(images, params, self.config))
         views = views.view(len(indices), self.num_views, *views.shape[1:])
         return [(views[k], loaded[k][1]) for k in range(len(indices))]
