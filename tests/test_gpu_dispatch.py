@@ -226,18 +226,34 @@ def stop_and_reap(experiment) -> None:
             os.killpg(proc.pid, signal.SIGKILL)  # NNI starts its manager in a process group of its own
 
 
-def run_launcher(config_path: Path, monkeypatch) -> list[dict]:
-    """``launcher.run_experiment`` with every started NNI experiment stopped on the way out, even on failure."""
+def run_launcher(config_path: Path, monkeypatch, gpus: int) -> tuple[list[dict], dict]:
+    """``launcher.run_experiment`` with every started NNI experiment stopped on the way out, even on failure;
+    returns the summary rows and the FINAL metric each trial reported (read from the manager before it stopped).
+
+    A config NNI's scheduler would not place on ``gpus`` GPUs fails the test before any manager starts: a hanging
+    manager retries (and starts its GPU collector) every second, which must not happen on a shared machine.
+    """
     started: list = []
+    finals: dict = {}
 
     class RecordingExperiment(nni.experiment.Experiment):
         def start(self, *args, **kwargs):
+            config = self.config
+            if config.trial_gpu_number:
+                placed = nni_scheduler(gpus, request_of(config), config.trial_concurrency, config.trial_concurrency)
+                assert all(p['devices'] for p in placed), f'NNI would never schedule this config: {placed}'
             started.append(self)
             return super().start(*args, **kwargs)
 
+        def stop(self):
+            if self.port is not None:
+                finals.update({trial: [m.data for m in metrics if m.type == 'FINAL']
+                               for trial, metrics in self.get_job_metrics().items()})
+            return super().stop()
+
     monkeypatch.setattr(nni.experiment, 'Experiment', RecordingExperiment)
     try:
-        return launcher.run_experiment(config_path, port=free_port(), poll_seconds=1, timeout=240)
+        return launcher.run_experiment(config_path, port=free_port(), poll_seconds=1, timeout=240), finals
     finally:
         for experiment in started:
             stop_and_reap(experiment)
@@ -245,8 +261,10 @@ def run_launcher(config_path: Path, monkeypatch) -> list[dict]:
 
 def test_one_fake_gpu_schedules_every_trial_with_trial_gpu_number_1(tmp_path, fake_gpus, monkeypatch, capsys):
     fake_gpus(1)
-    rows = run_launcher(write_gpu_config(tmp_path, trials=2, hold=0.5), monkeypatch)
+    rows, finals = run_launcher(write_gpu_config(tmp_path, trials=2, hold=0.5), monkeypatch, gpus=1)
     assert [r['status'] for r in rows] == ['SUCCEEDED', 'SUCCEEDED'], rows
+    assert sorted(finals) == [r['trial'] for r in rows]
+    assert all(f == [{'default': 1.0, 'cuda_visible_devices': '0'}] for f in finals.values()), finals
     records = sorted(trial_records(tmp_path), key=lambda r: r['start'])
     assert [r['cuda_visible_devices'] for r in records] == ['0', '0']
     assert records[0]['end'] <= records[1]['start'], 'one GPU: the two trials must not overlap'
@@ -259,15 +277,17 @@ def test_a_gpu_config_nni_would_never_schedule_is_refused_before_starting(tmp_pa
     monkeypatch.setattr(gpu, 'detect_gpus', lambda: GpuInventory(2))
     config_path = write_gpu_config(tmp_path, trials=1, hold=0, trialGpuNumber=2)
     with pytest.raises(ValueError, match='never schedules'):
-        run_launcher(config_path, monkeypatch)
+        run_launcher(config_path, monkeypatch, gpus=2)
     assert not (tmp_path / 'experiments').exists()
 
 
 @pytest.mark.slow
 def test_four_fake_gpus_run_four_trials_at_once_each_on_its_own_gpu(tmp_path, fake_gpus, monkeypatch):
     fake_gpus(4)
-    rows = run_launcher(write_gpu_config(tmp_path, trials=4, hold=8, trialConcurrency=1), monkeypatch)
+    rows, finals = run_launcher(write_gpu_config(tmp_path, trials=4, hold=8, trialConcurrency=1),
+                                monkeypatch, gpus=4)
     assert [r['status'] for r in rows] == ['SUCCEEDED'] * 4, rows
+    assert sorted(f[0]['cuda_visible_devices'] for f in finals.values()) == ['0', '1', '2', '3']
     records = trial_records(tmp_path)
     assert sorted(r['cuda_visible_devices'] for r in records) == ['0', '1', '2', '3']
     assert max(r['start'] for r in records) < min(r['end'] for r in records), 'all four must run at the same time'

@@ -357,8 +357,8 @@ def test_resume_finishes_a_stopped_experiment_and_view_shows_it(tmp_path, real_e
         'experimentWorkingDirectory': str(tmp_path / 'experiments'), 'trialConcurrency': 1, 'maxTrialNumber': 3,
         'tuner': {'name': 'GridSearch'}, 'trainingService': {'platform': 'local', 'useActiveGpu': False}})
     port = free_port()
-    first = nni.experiment.Experiment(launcher.load_experiment_config(config_path))
-    first.start(port)
+    config = launcher.load_experiment_config(config_path)
+    first = launcher._start_with_retries(lambda: nni.experiment.Experiment(config), lambda e: e.start(port), port)
     while not any(job.status == 'SUCCEEDED' for job in first.list_trial_jobs()):
         time.sleep(0.5)
     first.stop()

@@ -203,7 +203,7 @@ def _follow(experiment, config, port: int, keep_ui: bool, poll_seconds: float,
 def _start_with_retries(make_experiment, start, port: int, attempts: int = 3):
     """Start an experiment; retry when NNI's manager missed NNI's 3-second start-up check (a busy machine)."""
     import atexit
-    from requests.exceptions import ConnectionError as ManagerNotAnswering
+    from requests.exceptions import RequestException as ManagerNotAnswering  # refused, timed out, half-started
     for attempt in range(1, attempts + 1):
         experiment = make_experiment()
         try:
