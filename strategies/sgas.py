@@ -31,11 +31,11 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from nni.nas.nn.pytorch import LayerChoice, ModelSpace
-from nni.nas.oneshot.pytorch.differentiable import DartsLightningModule
+from nni.nas.nn.pytorch import ModelSpace
 from nni.nas.oneshot.pytorch.strategy import DARTS
 from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedLayer
 
+from .darts_base import OrderedDartsModule
 from .sgas_decisions import NONE_OP, EdgeSpec, SgasDecisions, _check_int
 from .unnas import count_skip_connections
 
@@ -64,7 +64,7 @@ class SgasMixedLayer(DifferentiableMixedLayer):
         return self[self.decision](*args, **kwargs)
 
 
-class SGASModule(DartsLightningModule):
+class SGASModule(OrderedDartsModule):
     """The Lightning module behind :class:`SGAS`: DARTS steps, end-of-epoch decisions, checkpointed state.
 
     Per epoch it logs ``sgas_decided_edges`` (non-``none`` decisions so far, all cell types), ``sgas_pruned_edges``,
@@ -102,15 +102,6 @@ class SGASModule(DartsLightningModule):
                 layer._arch_alpha.requires_grad_(False)
 
     # -- optimisers -----------------------------------------------------------------------------------------------
-    def arch_parameters(self) -> list[nn.Parameter]:
-        """The alphas in module order, each once. NNI's version returns ``list(set(...))``, whose order changes
-        between processes, so a resumed Adam state would land on the wrong alphas."""
-        unique: dict[int, nn.Parameter] = {}
-        for module in self.supernet_modules():
-            for param in getattr(module, 'arch_parameters', lambda: ())():
-                unique.setdefault(id(param), param)
-        return list(unique.values())
-
     def configure_architecture_optimizers(self) -> torch.optim.Optimizer:
         params = self.arch_parameters()
         if not params:

@@ -53,3 +53,6 @@ __all__ += ['FRACTAL_MEAN', 'FRACTAL_STD', 'FractalImages', 'IFSCategory', 'load
 from .views import ViewConfig, ViewDataset, ViewParams, augment_views, sample_view_params  # noqa: E402
 
 __all__ += ['ViewConfig', 'ViewDataset', 'ViewParams', 'augment_views', 'sample_view_params']
+from .folder_labels import labeled_image_source, with_folder_labels  # noqa: E402
+
+__all__ += ['labeled_image_source', 'with_folder_labels']

@@ -18,20 +18,38 @@ __all__ = ['SearchConfig', 'resolve_config', 'merge_layers', 'parse_value', 'STR
 
 _logger = logging.getLogger(__name__)
 
-STRATEGIES = ('rlnas', 'unnas')
+STRATEGIES = ('rlnas', 'unnas', 'sgas', 'unrealnas', 'pinas')
 
 
 @dataclass
 class SearchConfig:
     """All settings of one label-free search. Defaults are the CPU quickstart's."""
     # --- what to search -------------------------------------------------------------------------------------
-    strategy: str = 'rlnas'             # one of STRATEGIES
+    strategy: str = 'rlnas'             # rlnas | unnas | sgas (true labels) | unrealnas | pinas
     space: str = 'nasbench201'          # a name from nni_labelfree.search_spaces.list_spaces()
     channels: int = 16                  # first-stage width of the space (NAS-Bench-201 paper: 16)
     cells_per_stage: int = 1            # searchable cells per stage (NAS-Bench-201 paper: 5)
     num_cells: int = 5                  # DARTS space only: cells in all, two of them reductions (paper: 8)
     task: str = 'rotation'              # UnNAS only: rotation | colorization | jigsaw | supervised (DARTS control)
-    arc_learning_rate: float | None = None  # UnNAS only: Adam lr of the alphas (None: the paper's value per task)
+    arc_learning_rate: float | None = None  # UnNAS/SGAS/UnrealNAS: Adam lr of the alphas (None: the paper's value)
+    # --- UnrealNAS and SGAS ------------------------------------------------------------------------------------
+    unreal_data: str = 'rlgd'           # UnrealNAS: rlrd (`data` images, random labels) | rlgd (fractals) | rlrn (noise)
+    algorithm: str = 'darts'            # UnrealNAS: darts | sgas
+    unreal_classes: int | None = None   # UnrealNAS: random classes (replaces num_classes); None: the paper's count
+                                        # (RLRD 1000, RLGD/RLRN 5000) scaled to keep its images per class
+    sgas_criterion: int = 1             # SGAS: 1 (importance x certainty) | 2 (x stability)
+    decision_warmup: int = 9            # SGAS: epochs before the first edge decision (SGAS paper: 9 of 50)
+    decision_freq: int = 5              # SGAS: epochs between decisions (SGAS paper: 5)
+    # --- Pi-NAS -----------------------------------------------------------------------------------------------
+    temperature: float = 0.2            # InfoNCE temperature (paper: 0.2)
+    queue_size: int | None = None       # negatives' queue (paper: 49152); None: the paper's, capped at half the
+                                        # images and rounded down to a multiple of batch_size (a queue longer than
+                                        # the data holds each image's own key as a negative)
+    ema_momentum: float = 0.999         # mean teacher's EMA momentum (paper: 0.999)
+    cross_path: bool = True             # ablations (paper Table 7): cross-path keys, mean teacher, queue negatives
+    mean_teacher: bool = True
+    negatives: bool = True
+    selection: str = 'auto'             # Pi-NAS: auto (linear eval if the images have labels) | linear_eval | label_free
     # --- images (labels are never read) ---------------------------------------------------------------------
     data: str = 'noise'                 # image source: cifar10 | cifar100 | imagefolder | noise
     data_root: str | None = None        # folder or .tar.gz for imagefolder; dataset root for cifar*
@@ -92,14 +110,20 @@ _CHOICES = {
     'angle_pool': (None, 'const3d', 'const4d', 'empty'),
     'angle_skip': (None, 'empty', 'identity'),
     'lightning_strategy': ('auto', 'ddp'),
+    'unreal_data': ('rlrd', 'rlgd', 'rlrn'),
+    'algorithm': ('darts', 'sgas'),
+    'sgas_criterion': (1, 2),
+    'selection': ('auto', 'linear_eval', 'label_free'),
 }
-_BOOLS = ('resume',)
-_POSITIVE = ('channels', 'cells_per_stage', 'num_cells', 'image_size', 'num_classes', 'epochs', 'batch_size')
-_NON_NEGATIVE_INTS = ('seed', 'num_workers', 'checkpoint_every')
+_BOOLS = ('resume', 'cross_path', 'mean_teacher', 'negatives')
+_POSITIVE = ('channels', 'cells_per_stage', 'num_cells', 'image_size', 'num_classes', 'epochs', 'batch_size',
+             'decision_freq')
+_NON_NEGATIVE_INTS = ('seed', 'num_workers', 'checkpoint_every', 'decision_warmup')
 # Float keys: (name, may be None, must be > 0 rather than >= 0).
 _FLOATS = (('learning_rate', False, True), ('momentum', False, False), ('weight_decay', False, False),
            ('min_learning_rate', False, False), ('max_minutes', True, True), ('max_flops', True, True),
-           ('max_params', True, True), ('arc_learning_rate', True, True))
+           ('max_params', True, True), ('arc_learning_rate', True, True), ('temperature', False, True),
+           ('ema_momentum', False, False))
 
 
 def parse_value(text: str) -> Any:
@@ -161,6 +185,14 @@ def _validate(config: SearchConfig) -> None:
     if config.num_classes < 2:
         raise ValueError(f'Configuration num_classes must be at least 2, got {config.num_classes}.')
     _check_registered_names(config)
+    if config.unreal_classes is not None and (isinstance(config.unreal_classes, bool) or
+                                              not isinstance(config.unreal_classes, int) or config.unreal_classes < 2):
+        raise ValueError(f'Configuration unreal_classes must be an integer >= 2 or null, got {config.unreal_classes!r}.')
+    if config.queue_size is not None and (isinstance(config.queue_size, bool) or not isinstance(config.queue_size, int)
+                                          or config.queue_size < 1):
+        raise ValueError(f'Configuration queue_size must be a positive integer or null, got {config.queue_size!r}.')
+    if not 0 <= config.ema_momentum < 1:
+        raise ValueError(f'Configuration ema_momentum must be in [0, 1), got {config.ema_momentum!r}.')
     if not isinstance(config.evolution, dict):
         raise ValueError(f'Configuration evolution must be a mapping of evolve() arguments, got {config.evolution!r}.')
 

@@ -155,27 +155,9 @@ def sample_architectures(space: nn.Module, count: int, seed: int, max_tries: int
 
 def labeled_images(config: CorrelateConfig) -> Dataset:
     """The configured images with true labels where known (imagefolder: the class subfolder names)."""
-    from nni_labelfree.data import image_source
-    images = image_source(config.data, root=config.data_root, split=config.data_split, download=config.download,
-                          num_images=config.num_images, seed=config.seed, image_size=config.image_size)
-    if config.data == 'imagefolder':
-        return _with_folder_labels(images, config)
-    return images
-
-
-def _with_folder_labels(images: Dataset, config: CorrelateConfig) -> Dataset:
-    """imagefolder yields label -1; the supervised task takes labels from ``<root>/<class>/<image>`` folders."""
-    from nni_labelfree.data import TensorImageDataset, find_image_files
-    from nni_labelfree.data.sources import _resolve_image_root, _subset_indices  # the source's own file order
-    folder = _resolve_image_root(Path(config.data_root).expanduser(), config.data_split, None)
-    paths = find_image_files(folder)
-    paths = [paths[i] for i in _subset_indices(len(paths), config.num_images, config.seed).tolist()]
-    classes = sorted({p.relative_to(folder).parts[0] for p in paths if len(p.relative_to(folder).parts) > 1})
-    if len(classes) < 2 or not hasattr(images, 'images'):
-        return images  # unlabeled: supervised will say so
-    index = {name: i for i, name in enumerate(classes)}
-    labels = torch.tensor([index.get(p.relative_to(folder).parts[0], -1) for p in paths])
-    return TensorImageDataset(images.images, labels, num_true_classes=len(classes))
+    from nni_labelfree.data.folder_labels import labeled_image_source
+    return labeled_image_source(config.data, root=config.data_root, split=config.data_split, download=config.download,
+                                num_images=config.num_images, seed=config.seed, image_size=config.image_size)
 
 
 def _split(images: Dataset, config: CorrelateConfig) -> tuple[Dataset, Dataset]:

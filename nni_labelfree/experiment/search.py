@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from nni_labelfree.benchmarks.nasbench201 import NB201_LABELS, arch_to_string, load_nb201_table
-from nni_labelfree.data import image_source
+from nni_labelfree.data import labeled_image_source
 from nni_labelfree.experiment.checkpoint import (AtomicCheckpointIO, ResumableCheckpoint, atomic_save,
                                                  checkpoint_metadata, newest_valid_checkpoint, remove_checkpoints,
                                                  remove_stale_temporaries)
@@ -39,7 +39,7 @@ from nni_labelfree.experiment.evaluator import sgd_classification
 from nni_labelfree.metrics.angle import AnglePolicy
 from nni_labelfree.metrics.correlation import kendall_tau
 from nni_labelfree.search_spaces import create_space
-from nni_labelfree.strategies import RLNAS, UnNAS
+from nni_labelfree.strategies import SGAS, PiNAS, RLNAS, UnNAS, UnrealNAS
 from nni_labelfree.strategies.unnas import count_skip_connections
 
 __all__ = ['run_search', 'build_images', 'SearchMetricsCallback', 'atomic_save', 'process_rank']
@@ -64,17 +64,49 @@ def process_rank() -> int:
 
 
 def build_images(config: SearchConfig) -> Dataset:
-    """The configured image source (its labels, if any, are never used by the search)."""
-    return image_source(config.data, root=config.data_root, split=config.data_split, download=config.download,
-                        num_images=config.num_images, seed=config.seed, image_size=config.image_size)
+    """The configured image source, with true labels where the data has them (an image folder's class
+    subfolders). Only SGAS, UnNAS's supervised control and Pi-NAS's linear evaluation read them."""
+    images = labeled_image_source(config.data, root=config.data_root, split=config.data_split,
+                                  download=config.download, num_images=config.num_images, seed=config.seed,
+                                  image_size=config.image_size)
+    if _needs_true_labels(config):
+        _check_true_labels(config, images)
+    return images
 
 
-def _build_space(config: SearchConfig) -> torch.nn.Module:
+def _needs_true_labels(config: SearchConfig) -> bool:
+    return config.strategy == 'sgas' or (config.strategy == 'unnas' and config.task == 'supervised')
+
+
+def _check_true_labels(config: SearchConfig, images: Dataset) -> None:
+    classes = getattr(images, 'num_true_classes', None)
+    who = 'SGAS' if config.strategy == 'sgas' else "UnNAS's supervised control"
+    if not classes:
+        raise ValueError(f'{who} searches with true labels, but data={config.data!r} has none. Use cifar10/cifar100, '
+                         'an imagefolder with one subfolder per class, or a label-free strategy (unrealnas for random '
+                         'labels, unnas with a pretext task).')
+    if config.strategy == 'sgas' and classes != config.num_classes:  # UnNAS sizes its head from the data
+        raise ValueError(f'The images carry {classes} classes but num_classes={config.num_classes}; set '
+                         f'num_classes={classes}.')
+
+
+def search_num_classes(config: SearchConfig, num_images: int) -> int:
+    """Outputs of the space's classifier: UnrealNAS's random classes (``unreal_classes``, or the paper's count scaled
+    to the images), else ``num_classes``."""
+    if config.strategy != 'unrealnas':
+        return config.num_classes
+    if config.unreal_classes is not None:
+        return config.unreal_classes
+    from nni_labelfree.data import default_num_classes
+    return default_num_classes(config.unreal_data, num_images)
+
+
+def _build_space(config: SearchConfig, num_classes: int) -> torch.nn.Module:
     in_channels = 1 if config.strategy == 'unnas' and config.task == 'colorization' else 3
     if config.space == 'darts':
         # RLNAS's DARTS supernet builds every op with affine BN (methods.md 1.3); DARTS/UnNAS search nets do not.
         return create_space('darts', width=config.channels, num_cells=config.num_cells,
-                            num_classes=config.num_classes, in_channels=in_channels,
+                            num_classes=num_classes, in_channels=in_channels,
                             affine=config.strategy == 'rlnas')
     if config.space == 'mobilenet':
         # channels = the first block's width (RLNAS: 24), cells_per_stage = choice blocks per stage (RLNAS: 4; the
@@ -82,21 +114,59 @@ def _build_space(config: SearchConfig) -> torch.nn.Module:
         # Below full width, widths round to multiples of 4 rather than 8 so that small supernets stay small.
         from nni_labelfree.search_spaces.mobilenet import RLNAS_WIDTHS
         return create_space('mobilenet', width_mult=config.channels / RLNAS_WIDTHS[1],
-                            stage_depths=(config.cells_per_stage,) * 5 + (1,), num_classes=config.num_classes,
+                            stage_depths=(config.cells_per_stage,) * 5 + (1,), num_classes=num_classes,
                             in_channels=in_channels, stem='cifar' if config.image_size <= 64 else 'imagenet',
                             channel_divisor=8 if config.channels >= RLNAS_WIDTHS[1] else 4)
+    if config.space == 'resnest':
+        # channels = the first stage's bottleneck width (ResNeSt-50: 64), cells_per_stage = blocks per stage (the
+        # paper: 3, 4, 6, 3 from cells_per_stage=0 is not expressible: use the YAML's depths via the Python API).
+        return create_space('resnest', base_width=config.channels, depths=(config.cells_per_stage,) * 4,
+                            num_classes=num_classes, in_channels=in_channels,
+                            stem='cifar' if config.image_size <= 64 else 'imagenet')
     return create_space(config.space, channels=config.channels, cells_per_stage=config.cells_per_stage,
-                        num_classes=config.num_classes, in_channels=in_channels)
+                        num_classes=num_classes, in_channels=in_channels)
 
 
-def _build_strategy(config: SearchConfig, space: torch.nn.Module) -> RLNAS | UnNAS:
+def _profiler_constraint(config: SearchConfig, space: torch.nn.Module):
+    if config.max_flops is None and config.max_params is None:
+        return None
+    from nni_labelfree.selection import ProfilerConstraint
+    return ProfilerConstraint(space, torch.randn(1, 3, config.image_size, config.image_size),
+                              max_flops=config.max_flops, max_params=config.max_params)
+
+
+def _sgas_kwargs(config: SearchConfig) -> dict[str, Any]:
+    kwargs = dict(criterion=config.sgas_criterion, decision_warmup=config.decision_warmup,
+                  decision_freq=config.decision_freq, seed=config.seed)
+    if config.arc_learning_rate is not None:
+        kwargs['arc_learning_rate'] = config.arc_learning_rate
+    return kwargs
+
+
+def _pinas_queue_size(config: SearchConfig, num_images: int) -> int:
+    """The configured queue, or the paper's 49152 capped at half the images in whole batches (at least one)."""
+    if config.queue_size is not None:
+        return config.queue_size
+    return max(config.batch_size, min(49152, num_images // 2) // config.batch_size * config.batch_size)
+
+
+def _build_strategy(config: SearchConfig, space: torch.nn.Module, num_images: int):
     if config.strategy == 'unnas':
         return UnNAS(config.task, seed=config.seed, arc_learning_rate=config.arc_learning_rate)
-    constraint = None
-    if config.max_flops is not None or config.max_params is not None:
-        from nni_labelfree.selection import ProfilerConstraint
-        constraint = ProfilerConstraint(space, torch.randn(1, 3, config.image_size, config.image_size),
-                                        max_flops=config.max_flops, max_params=config.max_params)
+    if config.strategy == 'sgas':
+        return SGAS(**_sgas_kwargs(config))
+    if config.strategy == 'unrealnas':
+        kwargs = _sgas_kwargs(config) if config.algorithm == 'sgas' else {'seed': config.seed}
+        if config.arc_learning_rate is not None:
+            kwargs['arc_learning_rate'] = config.arc_learning_rate
+        return UnrealNAS(config.unreal_data, config.algorithm, num_classes=search_num_classes(config, num_images),
+                         image_shape=(3, config.image_size, config.image_size), **kwargs)
+    constraint = _profiler_constraint(config, space)
+    if config.strategy == 'pinas':
+        return PiNAS(seed=config.seed, temperature=config.temperature, queue_size=_pinas_queue_size(config, num_images),
+                     momentum=config.ema_momentum, cross_path=config.cross_path, mean_teacher=config.mean_teacher,
+                     negatives=config.negatives, selection=config.selection, search=config.search,
+                     evolution=config.evolution, constraint=constraint)
     chosen = {'fixed': config.angle_fixed, 'pool': config.angle_pool, 'skip': config.angle_skip}
     policy = AnglePolicy(**{**getattr(space, 'angle_policy_defaults', {}),
                             **{k: v for k, v in chosen.items() if v is not None}})
@@ -152,9 +222,13 @@ class SearchMetricsCallback(pl.Callback):
     def ranking_metrics(self, pl_module) -> dict:
         """RLNAS: Kendall tau of the angles of all cells vs the table and the top-angle cell's accuracy.
         Differentiable strategies: the current cell's skip connections and table accuracy."""
+        if callable(getattr(pl_module, 'epoch_metrics', None)):  # Pi-NAS: loss terms, cross-path similarity
+            return {k: v for k, v in pl_module.epoch_metrics().items() if k != 'epoch'}
         if not hasattr(pl_module, 'angle_scorer'):
             arch = pl_module.export()
             metrics = {'skip_connections': count_skip_connections(arch)}
+            if callable(getattr(pl_module, 'sgas_metrics', None)):  # edges decided so far
+                metrics.update(pl_module.sgas_metrics())
             if self.table is not None and set(arch) == set(NB201_LABELS):
                 metrics['exported_acc'] = self.table.accuracy(arch)
             return metrics
@@ -243,14 +317,15 @@ def run_search(config: SearchConfig, output_dir: str | Path, reporter: Reporter 
         config.save(out / 'config.json')
     pl.seed_everything(config.seed, workers=True, verbose=False)
     images = build_images(config)
-    space = _build_space(config)
-    strategy = _build_strategy(config, space)
+    num_classes = search_num_classes(config, len(images))
+    space = _build_space(config, num_classes)
+    strategy = _build_strategy(config, space, len(images))
     table = _load_table(config)
     metrics_cb = SearchMetricsCallback(table if config.space == 'nasbench201' else None, reporter)
     callbacks = [metrics_cb, PeriodicCheckpoint(checkpoints, config.checkpoint_every),
                  ResumableCheckpoint(checkpoints, keep=_KEEP_CHECKPOINTS, metadata={'config': config.to_dict()}),
                  *(extra_callbacks or [])]
-    evaluator = _evaluator(config, images, callbacks)
+    evaluator = _evaluator(config, images, callbacks, num_classes)
     if isinstance(strategy, UnNAS):
         strategy.prepare(evaluator.train_dataloaders)  # the task head's size comes from the data
     model = strategy.mutate_model(space)  # UnNAS returns the supernet wrapped with its pretext head
@@ -268,11 +343,11 @@ def run_search(config: SearchConfig, output_dir: str | Path, reporter: Reporter 
     return result
 
 
-def _evaluator(config: SearchConfig, images: Dataset, callbacks: list):
+def _evaluator(config: SearchConfig, images: Dataset, callbacks: list, num_classes: int):
     loader = DataLoader(images, batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers,
                         drop_last=len(images) > config.batch_size)
     return sgd_classification(
-        loader, loader, num_classes=config.num_classes, max_epochs=config.epochs,
+        loader, loader, num_classes=num_classes, max_epochs=config.epochs,
         learning_rate=config.learning_rate, weight_decay=config.weight_decay, momentum=config.momentum,
         nesterov=config.nesterov, min_learning_rate=config.min_learning_rate, **_trainer_kwargs(config, callbacks))
 
@@ -301,7 +376,11 @@ def _final_result(config: SearchConfig, module, arch: dict, table, history: list
     if ranked:
         result.update(angle=ranked[0][1], top=[[a, s] for a, s in ranked[:10]])
     if config.strategy == 'unnas':
-        result.update(task=config.task, skip_connections=count_skip_connections(arch))
+        result.update(task=config.task)
+    if config.strategy == 'unrealnas':
+        result.update(unreal_data=config.unreal_data, algorithm=config.algorithm)
+    if config.strategy in ('unnas', 'sgas', 'unrealnas'):
+        result['skip_connections'] = count_skip_connections(arch)
     if config.space == 'nasbench201':
         result['nb201_string'] = arch_to_string(arch)
     elif config.space == 'darts':
