@@ -130,6 +130,7 @@ def test_then_retrain_a_preset_retrains_every_search_trial_over_the_seeds(tmp_pa
     assert retrain.config.max_trial_number == 4 and retrain.config.tuner.name == 'GridSearch'
     assert [r['stage'] for r in rows] == ['search'] * 2 + ['retrain'] * 4
     assert tuple(rows[0]) == COMBINED_COLUMNS
+    assert [(r['test_acc'], r['table_acc']) for r in rows[:2]] == [('', 93.5)] * 2  # search: table, not trained
     retrained = [r for r in rows if r['stage'] == 'retrain']
     assert sorted((r['source'], r['seed']) for r in retrained) == sorted(
         itertools.product([j.trialJobId for j in search.jobs], [3, 4]))
@@ -346,6 +347,7 @@ def test_a_search_trial_chained_with_a_retrain_trial_both_succeed(tmp_path, real
     assert [(r['stage'], r['status']) for r in rows] == [('search', 'SUCCEEDED'), ('retrain', 'SUCCEEDED')]
     assert rows[1]['source'] == search_run.rest_trial_jobs[0]['trialJobId']
     assert rows[1]['arch'] == rows[0]['arch']  # the retrained cell is the one the search exported
+    assert rows[1]['table_acc'] == rows[0]['table_acc']  # the search's table accuracy of that cell
     assert 0.0 <= rows[1]['test_acc'] <= 100.0 and rows[1]['params'] > 0 and rows[1]['flops'] > 0
 
 

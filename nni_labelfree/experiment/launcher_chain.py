@@ -185,8 +185,14 @@ def build_retrain_config(spec: RetrainSpec, search) -> Path:
 
 
 def combined_rows(search, retrain) -> list[dict]:
-    """Both stages' rows in :data:`COMBINED_COLUMNS` (``stage`` = ``search`` / ``retrain``)."""
+    """Both stages' rows in :data:`COMBINED_COLUMNS` (``stage`` = ``search`` / ``retrain``).
+
+    ``test_acc`` is what retraining measured; a search trial's own ``test_acc`` (the NAS-Bench-201 table's accuracy
+    of its exported cell, no training) goes to ``table_acc``, beside the retrained cells' table accuracy.
+    """
     rows = []
-    for stage, run in (('search', search), ('retrain', retrain)):
-        rows += [{c: (stage if c == 'stage' else row.get(c, '')) for c in COMBINED_COLUMNS} for row in run.rows]
+    for row in search.rows:
+        rows.append({**{c: row.get(c, '') for c in COMBINED_COLUMNS}, 'stage': 'search', 'test_acc': '',
+                     'table_acc': row.get('test_acc', '')})
+    rows += [{**{c: row.get(c, '') for c in COMBINED_COLUMNS}, 'stage': 'retrain'} for row in retrain.rows]
     return rows

@@ -78,7 +78,9 @@ def summarize_trials(experiment, columns: Sequence[str] | None = None) -> list[d
 
 def _format_cell(value: Any) -> str:
     if isinstance(value, float):
-        return f'{value:.4g}' if abs(value) >= 1e5 else f'{value:.4f}'
+        if abs(value) >= 1e5:
+            return f'{value:.4g}'
+        return str(int(value)) if value.is_integer() and abs(value) >= 1e3 else f'{value:.4f}'
     return str(value)
 
 
