@@ -105,23 +105,32 @@ def test_sigkilled_search_resumes_to_the_uninterrupted_result(tmp_path, referenc
     assert [m['epoch'] for m in history] == list(range(1, EPOCHS + 1))  # epochs before the kill are kept
 
 
-# UnNAS (DARTS on jigsaw): alphas, both optimisers, the shuffle order and jigsaw's per-epoch tiles must come back.
-UNNAS_FLAGS = {'strategy': 'unnas', 'task': 'jigsaw', 'data': 'noise', 'channels': 4, 'cells_per_stage': 1,
-               'num_images': 192, 'batch_size': 16, 'epochs': 10, 'num_threads': 1, 'seed': 5}
+# DARTS-family searches: alphas, both optimisers, the shuffle order, jigsaw's per-epoch tiles (UnNAS), generated
+# images, random labels and the edges decided so far (UnrealNAS with SGAS) must come back.
+DARTS_FAMILY = {
+    'unnas-jigsaw': {'strategy': 'unnas', 'task': 'jigsaw', 'data': 'noise', 'channels': 4, 'cells_per_stage': 1,
+                     'num_images': 192, 'batch_size': 16, 'epochs': 10, 'num_threads': 1, 'seed': 5},
+    'unrealnas-rlgd-sgas': {'strategy': 'unrealnas', 'unreal_data': 'rlgd', 'algorithm': 'sgas', 'data': 'noise',
+                            'channels': 4, 'cells_per_stage': 1, 'num_images': 192, 'batch_size': 16, 'epochs': 10,
+                            'decision_warmup': 1, 'decision_freq': 1, 'num_threads': 1, 'seed': 6},
+}
 
 
-def test_sigkilled_unnas_search_resumes_to_the_uninterrupted_result(tmp_path):
+@pytest.mark.parametrize('flags', DARTS_FAMILY.values(), ids=DARTS_FAMILY.keys())
+def test_sigkilled_darts_family_search_resumes_to_the_uninterrupted_result(tmp_path, flags):
     reference = tmp_path / 'reference'
-    assert _search_in_process(reference, UNNAS_FLAGS) == 0
+    assert _search_in_process(reference, flags) == 0
     output = tmp_path / 'out'
-    _start_and_kill_after(output, KILL_AFTER, tmp_path / 'killed.log', flags=UNNAS_FLAGS)
-    done = subprocess.run([str(SCRIPT), *_argv(output, UNNAS_FLAGS)], capture_output=True, text=True, timeout=300,
-                          cwd=REPO)
+    _start_and_kill_after(output, KILL_AFTER, tmp_path / 'killed.log', flags=flags)
+    done = subprocess.run([str(SCRIPT), *_argv(output, flags)], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     assert 'Resuming the search from' in done.stderr, done.stderr[-3000:]
-    _assert_same_search(output, reference)  # same genotype, per-epoch pretext loss and skip counts, same alphas
-    checkpoint = torch.load(checkpoint_path(output / 'checkpoints', UNNAS_FLAGS['epochs']), weights_only=True)
+    _assert_same_search(output, reference)  # same architecture, per-epoch metrics and skip counts, same alphas
+    checkpoint = torch.load(checkpoint_path(output / 'checkpoints', flags['epochs']), weights_only=True)
     assert any(k.endswith('_arch_alpha') for k in checkpoint['state_dict']) and len(checkpoint['optimizer_states']) == 2
+    history = json.loads((output / 'metrics.json').read_text())
+    if flags['strategy'] == 'unrealnas':  # decisions made before the kill are part of the resumed run's history
+        assert [m['sgas_decided_edges'] + m['sgas_pruned_edges'] for m in history][:7] == [0, 1, 2, 3, 4, 5, 6]
 
 
 def test_checkpoints_are_lightning_checkpoints_of_the_whole_search(reference):
