@@ -30,7 +30,8 @@ def speed_benchmarks() -> None:
                                               '--rounds', '2']),
                          ('fractal_speed', ['--categories', '10', '--images', '25000', '--repeats', '3']),
                          ('trial_overhead', ['--images', '2000', '--epochs', '5', '--rounds', '5']),
-                         ('sgas_speed', [])):
+                         ('sgas_speed', []),
+                         ('gpu_dispatch', ['--trials', '6', '--rounds', '2'])):
         if _run(module, *args, '--out', str(RESULTS / f'{module}.json')).wait() != 0:
             raise SystemExit(f'benchmark {module} failed')
     pinas_args = ['--channels', '16', '--cells', '1', '--batch', '64', '--steps', '20', '--rounds', '3']

@@ -209,13 +209,13 @@ def _start_with_retries(make_experiment, start, port: int, attempts: int = 3):
         try:
             start(experiment)
             return experiment
-        except ManagerNotAnswering:
+        except ManagerNotAnswering as err:
             atexit.unregister(experiment.stop)
             if attempt == attempts:
-                raise RuntimeError(f'NNI manager did not answer on port {port} after {attempts} starts; see the '
-                                   f'experiment log under its working directory (log/nnimanager.log).') from None
-            print(f'NNI manager was slow to answer on port {port}; starting again ({attempt}/{attempts - 1}).',
-                  flush=True)
+                raise RuntimeError(f'NNI manager did not answer on port {port} after {attempts} starts ({err}); see '
+                                   f'log/nnimanager.log in the experiment folder.') from None
+            print(f'NNI manager was slow to answer on port {port} ({type(err).__name__}); starting again '
+                  f'({attempt}/{attempts - 1}).', flush=True)
             _wait_port_free(port)
 
 
