@@ -1,9 +1,9 @@
 """Labelled images for retraining: train / validation / test splits and the standard CIFAR augmentation.
 
-Images come from :func:`nni_labelfree.data.image_source` (``cifar10``, ``cifar100``) or, for ``imagefolder``, from
-the class-subfolder labelling the UnNAS correlation study uses (:func:`nni_labelfree.experiment.correlate.
-labeled_images`): ``<root>/train/<class>/<image>`` and ``<root>/test/<class>/<image>``, classes numbered in sorted
-folder-name order (the shared CIFAR-10 JPEG archive has this layout).
+Images come from :func:`nni_labelfree.data.folder_labels.labeled_image_source`: ``cifar10``/``cifar100`` with their
+labels, or ``imagefolder`` labelled by class subfolder, ``<root>/train/<class>/<image>`` and
+``<root>/test/<class>/<image>``, classes numbered in sorted folder-name order (the shared CIFAR-10 JPEG archive has
+this layout).
 
 Splits: the validation images are ``val_fraction`` of the (optionally subsampled) training split, drawn with
 ``split_seed``; the model trains on the rest; the test split is the dataset's own.
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from nni_labelfree.data import CIFAR10_MEAN, CIFAR10_STD, derive_seed, image_source
+from nni_labelfree.data import CIFAR10_MEAN, CIFAR10_STD, derive_seed, labeled_image_source
 from nni_labelfree.experiment.retrain_config import RetrainConfig
 
 __all__ = ['LabelledSplits', 'labelled_splits', 'BatchAugment']
@@ -62,14 +62,9 @@ def labelled_splits(config: RetrainConfig) -> LabelledSplits:
 
 def _labelled(config: RetrainConfig, split: str, count: int | None) -> Dataset:
     if config.data == 'imagefolder':
-        from nni_labelfree.experiment.correlate import CorrelateConfig, labeled_images
         _require_split_folder(config, split)
-        images = labeled_images(CorrelateConfig(data='imagefolder', data_root=config.data_root, data_split=split,
-                                                num_images=count, seed=config.split_seed,
-                                                image_size=config.image_size))
-    else:
-        images = image_source(config.data, root=config.data_root, split=split, download=config.download,
-                              num_images=count, seed=config.split_seed, image_size=config.image_size)
+    images = labeled_image_source(config.data, root=config.data_root, split=split, download=config.download,
+                                  num_images=count, seed=config.split_seed, image_size=config.image_size)
     if not getattr(images, 'num_true_classes', None):
         raise ValueError(f'The {split} images of {config.data_root} carry no labels: retraining needs an image folder '
                          'with one subfolder per class, <root>/train/<class>/<image> and <root>/test/<class>/<image>.')
