@@ -15,6 +15,8 @@ table as CSV and JSON next to the experiment, and stops the manager unless ``kee
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import re
@@ -200,14 +202,31 @@ def _follow(experiment, config, port: int, keep_ui: bool, poll_seconds: float,
     return run
 
 
+@contextlib.contextmanager
+def _patient_start_check(seconds: int = 30):
+    """NNI gives a new manager 3 s to answer (``_check_rest_server(port, retry=3)`` in nni/experiment/launcher.py);
+    Node needs longer on a busy machine (seen often on this project's shared 2-core machines): allow ``seconds``."""
+    from nni.experiment import launcher as nni_launcher
+    original = getattr(nni_launcher, '_check_rest_server', None)
+    if original is None:  # another NNI version: keep its own check
+        yield
+        return
+    nni_launcher._check_rest_server = functools.partial(original, retry=seconds)
+    try:
+        yield
+    finally:
+        nni_launcher._check_rest_server = original
+
+
 def _start_with_retries(make_experiment, start, port: int, attempts: int = 3):
-    """Start an experiment; retry when NNI's manager missed NNI's 3-second start-up check (a busy machine)."""
+    """Start an experiment, waiting up to 30 s for the manager; retry when it still did not answer."""
     import atexit
     from requests.exceptions import RequestException as ManagerNotAnswering  # refused, timed out, half-started
     for attempt in range(1, attempts + 1):
         experiment = make_experiment()
         try:
-            start(experiment)
+            with _patient_start_check():
+                start(experiment)
             return experiment
         except ManagerNotAnswering as err:
             atexit.unregister(experiment.stop)
