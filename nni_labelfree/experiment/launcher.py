@@ -339,8 +339,8 @@ def view_experiment(experiment_id: str, port: int = 8080, keep_ui: bool = True) 
     import nni.experiment
     known_experiment(experiment_id)
     _check_port_free(port)
-    experiment = nni.experiment.Experiment(None, id=experiment_id)
-    experiment.view(port=port, non_blocking=True)
+    experiment = _start_with_retries(lambda: nni.experiment.Experiment(None, id=experiment_id),
+                                     lambda e: e.view(port=port, non_blocking=True), port)
     rows: list[dict] = []
     try:
         print(f'NNI web UI (view only): http://localhost:{port}  (experiment {experiment_id})', flush=True)
