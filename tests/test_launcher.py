@@ -51,7 +51,8 @@ def write_yaml(path: Path, config: dict) -> Path:
 
 def search_yaml(directory: Path, trial_flags: list[str], seeds=(0,), **top) -> Path:
     config = {'experimentName': 'tiny search', 'searchSpace': {'seed': {'_type': 'choice', '_value': list(seeds)}},
-              'trialCommand': ' '.join(['python3 -m nni_labelfree.experiment.trial'] + [f'--set {f}' for f in trial_flags]),
+              'trialCommand': ' '.join(['python3 -m nni_labelfree.experiment.trial']
+                                       + [f'--set {f}' for f in trial_flags]),
               'trialCodeDirectory': str(REPO), 'experimentWorkingDirectory': str(directory / 'experiments'),
               'trialConcurrency': 1, 'maxTrialNumber': len(seeds), 'maxExperimentDuration': '5m',
               'tuner': {'name': 'GridSearch'}, 'trainingService': {'platform': 'local', 'useActiveGpu': False}, **top}

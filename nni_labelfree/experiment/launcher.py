@@ -303,15 +303,17 @@ def known_experiment(experiment_id: str) -> dict:
     record = experiments.get(experiment_id)
     if not isinstance(record, dict):
         recent = ', '.join(list(experiments)[-5:]) or 'none'
-        raise ValueError(f'Unknown experiment id {experiment_id!r}: NNI\'s experiment list ({manifest.experiment_file}) '
-                         f'has no such id (most recent: {recent}). `nnictl experiment list --all` lists them all.')
+        raise ValueError(f'Unknown experiment id {experiment_id!r}: NNI\'s experiment list '
+                         f'({manifest.experiment_file}) has no such id (most recent: {recent}). '
+                         f'`nnictl experiment list --all` lists them all.')
     if record.get('status') != 'STOPPED':
         raise ValueError(f'Experiment {experiment_id} is still running (web UI http://localhost:{record.get("port")}); '
                          f'open it there, or stop it first with `nnictl stop {experiment_id}`.')
     folder = Path(record.get('logDir') or '~/nni-experiments').expanduser() / experiment_id
     if not (folder / 'db').is_dir():
         raise FileNotFoundError(f'Experiment {experiment_id} is listed but its folder {folder} (with db/) is gone; '
-                                f'it cannot be resumed or viewed. Remove it with `nnictl experiment delete {experiment_id}`.')
+                                f'it cannot be resumed or viewed. Remove it with '
+                                f'`nnictl experiment delete {experiment_id}`.')
     return record
 
 
