@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from nni_labelfree.data import list_image_sources
-from nni_labelfree.experiment.config import SearchConfig, resolve_config
+from nni_labelfree.experiment.config import SearchConfig, flatten_parameter_groups, resolve_config
 from nni_labelfree.experiment.launcher import load_experiment_config
 from nni_labelfree.experiment.trial import parse_set_flags
 from nni_labelfree.search_spaces import list_spaces
@@ -88,9 +88,9 @@ def test_every_set_flag_and_search_space_value_resolves(path):
     assert set(flags) <= VALID_KEYS, sorted(set(flags) - VALID_KEYS)
     resolve_config(flags)
     layers = search_space_layers(config.search_space)
-    assert {k for layer in layers for k in layer} <= VALID_KEYS
+    assert {k for layer in layers for k in flatten_parameter_groups(layer)} <= VALID_KEYS  # groups: nested keys
     for layer in layers:
-        resolved = resolve_config(flags, layer)  # the order trial.run_trial uses
+        resolved = resolve_config(flags, flatten_parameter_groups(layer))  # the order trial.run_trial uses
         assert resolved.data in list_image_sources(), (layer, resolved.data)
         assert resolved.space in list_spaces(), (layer, resolved.space)
 
@@ -99,7 +99,8 @@ def test_every_set_flag_and_search_space_value_resolves(path):
 def test_search_space_keys_are_not_also_fixed_by_set_flags(path):
     """A tuner-chosen key also fixed by --set would be silently overridden by the tuner (params win)."""
     config = load_experiment_config(path)
-    assert not set(set_flags_of(config.trial_command)) & set(config.search_space or {})
+    tuned = {k for layer in search_space_layers(config.search_space or {}) for k in flatten_parameter_groups(layer)}
+    assert not set(set_flags_of(config.trial_command)) & tuned
 
 
 def test_set_flag_checker_catches_a_bad_key():

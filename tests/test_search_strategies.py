@@ -86,3 +86,36 @@ def test_config_refuses_bad_strategy_settings():
                          ({'selection': 'oracle'}, 'selection')]:
         with pytest.raises(ValueError, match=message):
             resolve_config(bad)
+
+
+EVOLUTION = '{population_size: 6, top_k: 3, num_mutation: 3, num_crossover: 3, generations: 2}'
+
+
+@pytest.mark.skipif(not CIFAR_JPEG.exists(), reason=f'{CIFAR_JPEG} is absent (the shared CIFAR-10 JPEG archive)')
+@pytest.mark.parametrize('selection', ['linear_eval', 'label_free'])
+def test_pinas_reports_contrastive_metrics_and_selects_by_the_chosen_criterion(tmp_path, selection):
+    out = tmp_path / selection
+    assert _search(out, strategy='pinas', data='imagefolder', data_root=CIFAR_JPEG, epochs=2, selection=selection,
+                   evolution=EVOLUTION) == 0
+    result, history = _artifacts(out)
+    assert result['selection'] == selection and 'angle' not in result
+    assert set(result['arch']) == set(NB201_LABELS) and result['nb201_string'] == arch_to_string(result['arch'])
+    scores = [score for _, score in result['top']]
+    assert scores == sorted(scores, reverse=True) and result['fitness'] == scores[0]
+    if selection == 'linear_eval':
+        assert 0 <= result['fitness'] <= 1  # linear-probe accuracy on the held-out labeled images
+    for epoch in history:
+        assert 0 < epoch['cross_path_similarity'] <= 1 and epoch['collapsed'] == 0
+        assert epoch['contrastive_loss'] == epoch['train_loss'] and epoch['contrastive_loss'] > 0
+
+
+def test_grouped_tuner_parameters_become_config_keys():
+    from nni_labelfree.experiment.config import flatten_parameter_groups
+    params = {'ablation': {'cross_path': False, 'negatives': True}, 'seed': 2,
+              'evolution': {'population_size': 4}}  # a real dict-valued key stays a dict
+    flat = flatten_parameter_groups(params)
+    assert flat == {'cross_path': False, 'negatives': True, 'seed': 2, 'evolution': {'population_size': 4}}
+    config = resolve_config({'strategy': 'pinas'}, flat)
+    assert (config.cross_path, config.negatives, config.evolution) == (False, True, {'population_size': 4})
+    with pytest.raises(ValueError, match='Unknown configuration key'):
+        resolve_config(flatten_parameter_groups({'ablation': {'cros_path': False}}))

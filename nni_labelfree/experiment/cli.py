@@ -76,7 +76,8 @@ def _run_search(args: argparse.Namespace) -> int:
     if process_rank() != 0:  # a DDP rank Lightning relaunched: rank 0 reports
         return 0
     print(f'Exported architecture: {result.get("nb201_string") or result.get("genotype") or result["arch"]}')
-    for key in ('angle', 'test_acc', 'kendall_tau', 'skip_connections', 'train_loss', 'wall_time'):
+    for key in ('angle', 'fitness', 'selection', 'test_acc', 'kendall_tau', 'skip_connections', 'train_loss',
+                'wall_time'):
         if key in result:
             print(f'  {key}: {result[key]:.4f}' if isinstance(result[key], float) else f'  {key}: {result[key]}')
     print(f'Artifacts in {output}/ (arch.json, config.json, metrics.json, checkpoints/)')

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ['SearchConfig', 'resolve_config', 'merge_layers', 'parse_value', 'STRATEGIES']
+__all__ = ['SearchConfig', 'resolve_config', 'merge_layers', 'parse_value', 'flatten_parameter_groups', 'STRATEGIES']
 
 _logger = logging.getLogger(__name__)
 
@@ -154,6 +154,20 @@ def merge_layers(layers: tuple, schema: type, what: str = 'configuration') -> di
                 raise ValueError(f'Unknown {what} key {key!r}.{hint} Valid keys: {", ".join(sorted(valid))}.')
             merged[key] = value
     return merged
+
+
+def flatten_parameter_groups(params: Mapping[str, Any] | None, schema: type = None) -> dict[str, Any]:
+    """NNI parameters with groups merged in: a choice whose values are mappings of config keys (e.g.
+    ``ablation: {_type: choice, _value: [{cross_path: false, negatives: true}, ...]}``) arrives as
+    ``{'ablation': {...}}``; its keys become top-level keys. Mappings under real config keys (``evolution``) stay."""
+    fields = {f.name for f in dataclasses.fields(schema or SearchConfig)}
+    flat: dict[str, Any] = {}
+    for key, value in (params or {}).items():
+        if isinstance(value, Mapping) and key.replace('-', '_') not in fields:
+            flat.update({k: v for k, v in value.items() if k != '_name'})
+        else:
+            flat[key] = value
+    return flat
 
 
 def resolve_config(*layers: Mapping[str, Any] | None) -> SearchConfig:

@@ -373,8 +373,11 @@ def _final_result(config: SearchConfig, module, arch: dict, table, history: list
     result: dict[str, Any] = {'arch': arch, 'strategy': config.strategy, 'seed': config.seed, 'data': config.data,
                               'wall_time': wall}
     ranked = getattr(module, 'search_result', None)
-    if ranked:
-        result.update(angle=ranked[0][1], top=[[a, s] for a, s in ranked[:10]])
+    if ranked:  # RLNAS: angles; Pi-NAS: linear-eval accuracy or the label-free held-out contrastive score
+        score = 'angle' if config.strategy == 'rlnas' else 'fitness'
+        result.update({score: ranked[0][1], 'top': [[a, s] for a, s in ranked[:10]]})
+    if getattr(module, 'selection_kind', None):
+        result['selection'] = module.selection_kind
     if config.strategy == 'unnas':
         result.update(task=config.task)
     if config.strategy == 'unrealnas':
@@ -393,5 +396,5 @@ def _final_result(config: SearchConfig, module, arch: dict, table, history: list
             result['kendall_tau'] = history[-1]['kendall_tau']
     if table is not None:
         result['test_acc'] = table.accuracy(arch)
-    result['default'] = result.get('test_acc', result.get('angle', result.get('train_acc', 0.0)))
+    result['default'] = result.get('test_acc', result.get('angle', result.get('fitness', result.get('train_acc', 0.0))))
     return result

@@ -43,11 +43,11 @@ def _reporter(metrics: dict) -> None:
 def run_trial(set_flags: Sequence[str]) -> dict:
     """Resolve this trial's configuration, run the search, report the final result."""
     import nni
-    from nni_labelfree.experiment.config import resolve_config
+    from nni_labelfree.experiment.config import flatten_parameter_groups, resolve_config
     from nni_labelfree.experiment.search import run_search
 
     params = nni.get_next_parameter() or {}  # must come before any report
-    config = resolve_config(parse_set_flags(set_flags), params)
+    config = resolve_config(parse_set_flags(set_flags), flatten_parameter_groups(params))
     if config.num_threads:
         import torch
         torch.set_num_threads(config.num_threads)
