@@ -26,6 +26,8 @@ TIMEOUT = 300
 EPOCHS, NUM_IMAGES, BATCH = 2, 64, 16
 FLAGS = {'data': 'noise', 'channels': 4, 'cells_per_stage': 1, 'num_images': NUM_IMAGES, 'batch_size': BATCH,
          'epochs': EPOCHS, 'seed': 5, 'accelerator': 'cpu', 'devices': 2, 'lightning_strategy': 'ddp'}
+# UnNAS (DARTS on rotation): NNI's own DDP DARTS exports a different architecture per rank (microsoft/nni#5013).
+UNNAS_FLAGS = {**FLAGS, 'strategy': 'unnas', 'task': 'rotation', 'num_images': 2 * NUM_IMAGES}
 
 
 # --- the script side: one DDP search, one record per rank --------------------------------------------------------
@@ -40,9 +42,17 @@ def _recorder():
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             self.rank = trainer.global_rank
-            images = [hashlib.sha1(image.numpy().tobytes()).hexdigest()[:16] for image in batch[0]]
-            self.steps.append({'epoch': trainer.current_epoch, 'path': dict(pl_module.last_sample), 'images': images})
+            inputs = batch['train'][0] if isinstance(batch, dict) else batch[0]  # UnNAS: {'train', 'val'} halves
+            images = [hashlib.sha1(image.numpy().tobytes()).hexdigest()[:16] for image in inputs]
+            path = dict(getattr(pl_module, 'last_sample', None) or {})
+            self.steps.append({'epoch': trainer.current_epoch, 'path': path, 'images': images,
+                               'alphas': _alpha_digest(pl_module)})
     return PathRecorder()
+
+
+def _alpha_digest(module) -> str | None:
+    alphas = [p.detach().numpy().tobytes() for n, p in module.named_parameters() if n.endswith('_arch_alpha')]
+    return hashlib.sha1(b''.join(alphas)).hexdigest() if alphas else None
 
 
 def main(argv: list[str]) -> int:
@@ -50,23 +60,24 @@ def main(argv: list[str]) -> int:
     from nni_labelfree.experiment.config import resolve_config
     from nni_labelfree.experiment.search import run_search
     output = Path(argv[0])
-    config = resolve_config(FLAGS, {'output_dir': str(output)})
+    flags = UNNAS_FLAGS if argv[1:] == ['unnas'] else FLAGS
+    config = resolve_config(flags, {'output_dir': str(output)})
     recorder = _recorder()
     result = run_search(config, output, extra_callbacks=[recorder])
-    record = {'rank': recorder.rank, 'arch': result['arch'], 'angle': result['angle'], 'top': result['top'],
+    record = {'rank': recorder.rank, 'arch': result['arch'], 'angle': result.get('angle'), 'top': result.get('top'),
               'steps': recorder.steps}
     (output / f'rank{recorder.rank}.json').write_text(json.dumps(record))
     return 0
 
 
 # --- the test side ----------------------------------------------------------------------------------------------
-def _run_script(output: Path) -> tuple[dict, dict]:
+def _run_script(output: Path, *extra: str) -> tuple[dict, dict]:
     """Run this file as a 2-rank DDP search into ``output``; the two ranks' records."""
     output.mkdir(parents=True, exist_ok=True)
     log = output.parent / f'{output.name}.log'
     env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_PORT')}
     with open(log, 'wb') as sink:
-        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(output)], cwd=REPO, env=env,
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(output), *extra], cwd=REPO, env=env,
                                 stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             try:
@@ -131,6 +142,16 @@ def test_only_rank_zero_writes_the_artifacts(ranks):
     assert names == [f'search_epoch{e:04d}.ckpt' for e in range(1, EPOCHS + 1)] + ['supernet_final.pt',
                                                                                   'supernet_init.pt']
     assert len(json.loads((output / 'metrics.json').read_text())) == EPOCHS
+
+
+def test_unnas_ranks_keep_identical_alphas_and_export_the_same_genotype(tmp_path):
+    rank0, rank1 = _run_script(tmp_path / 'unnas', 'unnas')
+    assert rank0['arch'] == rank1['arch']
+    assert [s['alphas'] for s in rank0['steps']] == [s['alphas'] for s in rank1['steps']]  # after every step
+    assert len({s['alphas'] for s in rank0['steps']}) > 1  # and the alphas do move
+    for epoch in range(EPOCHS):  # each rank reads its own half of each shuffled half
+        seen = [{i for s in r['steps'] if s['epoch'] == epoch for i in s['images']} for r in (rank0, rank1)]
+        assert seen[0] and seen[1] and not seen[0] & seen[1]
 
 
 @pytest.mark.slow  # a second 2-process search (about 20 s on a busy 2-core machine)
