@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from .epochs import EpochSelectable
 from .pretext_base import PretextTask, image_of_item
 from .sources import derive_seed
 
@@ -177,13 +178,14 @@ def jigsaw_task(grid: Optional[int] = None, num_permutations: Optional[int] = No
                             f'Linear(C*{tiles}, {k})')
 
 
-class JigsawDataset(Dataset):
+class JigsawDataset(EpochSelectable, Dataset):
     """Item ``i`` is ``(tiles [G*G, C, t, t], y)``: the image's jittered tiles shuffled by permutation ``y``.
 
     Tile k is written to slot ``permutations[y][k]`` (module docstring); ``unshuffle(tiles, permutations[y])``
     restores grid order. ``y`` and the tile offsets are drawn from a generator seeded by ``(seed, epoch, i)``:
     the same seed, epoch and index give the same item, in any order and any worker. Call :meth:`set_epoch` to
-    draw new permutations and offsets for another epoch (UnNAS draws fresh ones on every access).
+    draw new permutations and offsets for another epoch (UnNAS draws fresh ones on every access); call it before
+    each epoch and leave ``persistent_workers`` off so workers see it.
 
     Reference: Liu et al., "Are Labels Necessary for Neural Architecture Search?", ECCV 2020.
 
@@ -233,17 +235,6 @@ class JigsawDataset(Dataset):
         self.num_classes = k
         self.task = jigsaw_task(self.grid, k)
         self._epoch = 0
-
-    @property
-    def epoch(self) -> int:
-        """The epoch whose permutations and offsets are drawn (0 until :meth:`set_epoch`)."""
-        return self._epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        """Draw the items of ``epoch`` from now on (call before each epoch; leave persistent_workers off)."""
-        if epoch < 0:
-            raise ValueError(f'epoch must be >= 0, got {epoch}.')
-        self._epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.base)

@@ -12,6 +12,7 @@ from typing import Any, Optional, Tuple
 import torch
 from torch.utils.data import Dataset
 
+from .epochs import EpochSelectable, check_epoch
 from .sources import derive_seed
 
 __all__ = ['RANDOM_LABEL_MODES', 'RandomLabelDataset', 'random_label_dataset']
@@ -52,7 +53,7 @@ def _true_labels(base: Dataset) -> torch.Tensor:
     return torch.tensor([_as_label(_split_item(base[i])[1]) for i in range(len(base))], dtype=torch.int64)
 
 
-class RandomLabelDataset(Dataset):
+class RandomLabelDataset(EpochSelectable, Dataset):
     """Pair every image of ``base`` with a random label in ``[0, num_classes)``.
 
     The wrapper returns the random label itself and never writes to ``base.targets``: torchvision's
@@ -108,15 +109,12 @@ class RandomLabelDataset(Dataset):
         """The current random labels, an int64 tensor of length ``len(self)`` (a copy)."""
         return self._labels.clone()
 
-    @property
-    def epoch(self) -> int:
-        """The epoch whose labels are current (always 0 for the ``*_once`` modes)."""
-        return self._epoch
-
     def set_epoch(self, epoch: int) -> None:
-        """Select the labels of ``epoch`` in the per-iteration modes; a no-op in the ``*_once`` modes."""
-        if epoch < 0:
-            raise ValueError(f'epoch must be >= 0, got {epoch}.')
+        """Select the labels of ``epoch`` in the per-iteration modes; a no-op in the ``*_once`` modes.
+
+        :attr:`epoch` is the epoch whose labels are current (always 0 for the ``*_once`` modes).
+        """
+        check_epoch(epoch)
         if self.per_iteration and epoch != self._epoch:
             self._epoch = int(epoch)
             self._labels = self._draw_labels(self._epoch)

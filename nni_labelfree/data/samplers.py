@@ -7,6 +7,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import Sampler
 
+from .epochs import EpochSelectable
 from .sources import derive_seed
 
 __all__ = ['EpochShuffleSampler']
@@ -17,14 +18,15 @@ _logger = logging.getLogger(__name__)
 _SHUFFLE_STREAM = 0x5348_5546
 
 
-class EpochShuffleSampler(Sampler[int]):
+class EpochShuffleSampler(EpochSelectable, Sampler[int]):
     """A random order of ``range(size)`` that is a pure function of ``(seed, epoch)``.
 
     A ``RandomSampler`` with a generator seeded once draws epoch ``e``'s order after every earlier epoch's, so a
     search resumed at epoch ``e`` would see other batches than an uninterrupted one. Call :meth:`set_epoch` before
     iterating (Lightning does for a sampler it finds in a loader, and so do
     RLNAS's and UnNAS's Lightning modules). Under DDP Lightning wraps it in a
-    ``DistributedSamplerWrapper``: each rank reads its own shard of the same order.
+    ``DistributedSamplerWrapper``: each rank reads its own shard of the same order. :attr:`epoch` is the epoch
+    whose order is drawn (0-based, 0 until :meth:`set_epoch`).
 
     Parameters
     ----------
@@ -38,13 +40,7 @@ class EpochShuffleSampler(Sampler[int]):
         if size < 1:
             raise ValueError(f'EpochShuffleSampler needs at least one item, got size={size}.')
         derive_seed(seed)  # validates the seed early
-        self.size, self.seed, self.epoch = int(size), int(seed), 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the order of ``epoch`` (0-based)."""
-        if epoch < 0:
-            raise ValueError(f'epoch must be >= 0, got {epoch}.')
-        self.epoch = int(epoch)
+        self.size, self.seed, self._epoch = int(size), int(seed), 0
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(derive_seed(self.seed, _SHUFFLE_STREAM, self.epoch))

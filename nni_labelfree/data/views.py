@@ -22,6 +22,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from .epochs import EpochSelectable
 from .sources import CIFAR10_MEAN, CIFAR10_STD, derive_seed
 
 __all__ = ['ViewConfig', 'ViewParams', 'ViewDataset', 'sample_view_params', 'augment_views', 'view_rng',
@@ -312,7 +313,7 @@ def augment_views(images: torch.Tensor, params: ViewParams, config: ViewConfig) 
     return out
 
 
-class ViewDataset(Dataset):
+class ViewDataset(EpochSelectable, Dataset):
     """Item ``i`` is ``(views [V, C, S, S], label)``: ``V`` random views of image ``i`` of ``base``.
 
     Wraps any image dataset: items ``(image, label, ...)`` or bare images; images as float tensors normalised with
@@ -358,17 +359,6 @@ class ViewDataset(Dataset):
             raise ValueError(f'mean/std have {len(self._stats[0])} values but the images have {self.channels} '
                              'channels; pass per-channel statistics of the base images.')
         self._epoch = 0
-
-    @property
-    def epoch(self) -> int:
-        """The epoch whose views are drawn (0 until :meth:`set_epoch`)."""
-        return self._epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        """Draw the views of ``epoch`` from now on."""
-        if epoch < 0:
-            raise ValueError(f'epoch must be >= 0, got {epoch}.')
-        self._epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.base)
