@@ -119,3 +119,14 @@ def test_grouped_tuner_parameters_become_config_keys():
     assert (config.cross_path, config.negatives, config.evolution) == (False, True, {'population_size': 4})
     with pytest.raises(ValueError, match='Unknown configuration key'):
         resolve_config(flatten_parameter_groups({'ablation': {'cros_path': False}}))
+
+
+def test_summary_table_shows_what_the_tuner_varies():
+    from nni_labelfree.experiment.launcher import load_experiment_config
+    from nni_labelfree.experiment.launcher_summary import SUMMARY_COLUMNS, columns_for
+    repo = Path(__file__).resolve().parents[1] / 'experiment_configs'
+    unreal = columns_for(load_experiment_config(repo / 'unrealnas_cpu.yml'))
+    assert unreal[:4] == ('trial', 'status', 'unreal_data', 'algorithm') and 'skip_connections' in unreal
+    assert set(SUMMARY_COLUMNS) <= set(unreal)
+    assert columns_for(load_experiment_config(repo / 'quickstart.yml')) == SUMMARY_COLUMNS
+    assert 'ablation' in columns_for(load_experiment_config(repo / 'pinas.yml'))

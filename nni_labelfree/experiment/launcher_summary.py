@@ -28,9 +28,17 @@ RETRAIN_MODULE = 'nni_labelfree.experiment.retrain'
 
 
 def columns_for(config) -> tuple[str, ...]:
-    """The summary columns that suit an experiment config: retrain columns when its trials run the retrain command."""
+    """The summary columns that suit an experiment config: retrain columns when its trials run the retrain command,
+    else the search columns with every key the tuner varies (e.g. ``unreal_data``, ``algorithm``, ``task``) after
+    ``status``, and the skip-connection count for DARTS-family strategies."""
     command = getattr(config, 'trial_command', None) or ''
-    return RETRAIN_COLUMNS if RETRAIN_MODULE in command else SUMMARY_COLUMNS
+    if RETRAIN_MODULE in command:
+        return RETRAIN_COLUMNS
+    tuned = [k for k in (getattr(config, 'search_space', None) or {}) if k not in SUMMARY_COLUMNS]
+    columns = list(SUMMARY_COLUMNS[:2]) + tuned + list(SUMMARY_COLUMNS[2:])
+    if any(f'strategy={name}' in command for name in ('unnas', 'sgas', 'unrealnas')):
+        columns.insert(columns.index('train_loss'), 'skip_connections')
+    return tuple(columns)
 
 
 def final_metric(metrics: list) -> dict:
