@@ -49,6 +49,7 @@ from nni_labelfree.heads import final_linear
 from nni_labelfree.selection import space_choices
 from nni_labelfree.selection.linear_eval import select_architectures
 
+from .common import ranked_models
 from .pinas_module import STREAMS, PiNASModule
 from .pinas_parts import ContrastiveNetwork, count_paths
 
@@ -213,12 +214,7 @@ class PiNAS(RandomOneShot):
 
     def list_models(self, sort: bool = True, limit: int | None = 1) -> Iterator[RawFormatModelSpace]:
         """The ``limit`` best architectures, best first, as frozen models."""
-        module = self.oneshot_module
-        module.set_model(self.supernet)
-        if module.search_result is None:
-            module.export()
-        for arch, _ in module.search_result[:limit or 1]:
-            yield self.model_space.freeze(arch)
+        return ranked_models(self, limit)
 
     def state_dict(self) -> dict:
         state = super().state_dict()

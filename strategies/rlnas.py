@@ -35,6 +35,8 @@ from nni_labelfree.data import EpochShuffleSampler, RandomLabelDataset
 from nni_labelfree.metrics.angle import AnglePolicy, angle_scorer, parameter_snapshot, plain_architecture
 from nni_labelfree.selection import evolve
 
+from .common import ranked_models
+
 __all__ = ['RLNAS', 'RLNASModule', 'EpochShuffleSampler']
 
 _logger = logging.getLogger(__name__)
@@ -333,12 +335,7 @@ class RLNAS(RandomOneShot):
 
     def list_models(self, sort: bool = True, limit: int | None = 1) -> Iterator[RawFormatModelSpace]:
         """The ``limit`` architectures with the largest angles, best first, as frozen models."""
-        module = self.oneshot_module
-        module.set_model(self.supernet)
-        if module.search_result is None:
-            module.export()
-        for arch, _ in module.search_result[:limit or 1]:
-            yield self.model_space.freeze(arch)
+        return ranked_models(self, limit)
 
     def state_dict(self) -> dict:
         state = super().state_dict()
