@@ -33,7 +33,6 @@ import logging
 import os
 import sys
 import time
-import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -50,6 +49,7 @@ from nni_labelfree.experiment.retrain_arch import LoadedArchitecture, load_archi
 from nni_labelfree.experiment.retrain_config import RetrainConfig, resolve_retrain_config
 from nni_labelfree.experiment.retrain_data import BatchAugment, LabelledSplits, labelled_splits
 from nni_labelfree.experiment.retrain_module import EpochReporter, RetrainModule
+from nni_labelfree.experiment.trial import parse_set_flags, trial_main
 
 __all__ = ['build_network', 'profile_architecture', 'run_retrain', 'final_metric', 'run_trial',
            'parse_retrain_set_flags', 'add_arguments', 'run_from_args', 'main']
@@ -210,7 +210,6 @@ def _write_artifacts(out: Path, config: RetrainConfig, loaded: LoadedArchitectur
 def parse_retrain_set_flags(pairs: Sequence[str]) -> dict[str, Any]:
     """``--set`` pairs as :func:`~.trial.parse_set_flags` reads them, except ``arch``, kept verbatim (a
     NAS-Bench-201 string starts with ``|``, which YAML would read as a block scalar)."""
-    from nni_labelfree.experiment.trial import parse_set_flags
     verbatim, rest = {}, []
     for pair in pairs:
         key, sep, value = pair.partition('=')
@@ -278,19 +277,9 @@ def run_from_args(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python3 -m nni_labelfree.experiment.retrain --set key=value ...`` (the nnictl trial); the exit code is 2
     with one message at the end of the trial's log on bad input."""
-    parser = argparse.ArgumentParser(prog='nni_labelfree.experiment.retrain', description=__doc__.splitlines()[0])
-    parser.add_argument('--set', dest='set_flags', action='append', default=[], metavar='KEY=VALUE',
-                        help='configuration key (see nni_labelfree.experiment.retrain_config); repeatable')
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='[%(asctime)s] %(levelname)s %(name)s: %(message)s')
-    warnings.filterwarnings('ignore', message=r'.*is found to be not a nn\.Module')
-    try:
-        run_trial(args.set_flags)
-    except (ValueError, FileNotFoundError, TypeError) as err:
-        for stream in (sys.stdout, sys.stderr):  # stdout reaches trial.log, stderr trial.stderr
-            print(f'nni-labelfree retrain trial failed: {err}', file=stream, flush=True)
-        return 2
-    return 0
+    return trial_main(argv, prog='nni_labelfree.experiment.retrain', description=__doc__.splitlines()[0],
+                      config_module='nni_labelfree.experiment.retrain_config', run=run_trial,
+                      failure='nni-labelfree retrain trial failed')
 
 
 if __name__ == '__main__':

@@ -15,11 +15,11 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from nni_labelfree.experiment.config import parse_value
 
-__all__ = ['main', 'parse_set_flags']
+__all__ = ['main', 'parse_set_flags', 'trial_main']
 
 _logger = logging.getLogger(__name__)
 
@@ -60,22 +60,34 @@ def run_trial(set_flags: Sequence[str]) -> dict:
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the process exit code."""
-    parser = argparse.ArgumentParser(prog='nni_labelfree.experiment.trial', description=__doc__.splitlines()[0])
+def trial_main(argv: Sequence[str] | None, *, prog: str, description: str, config_module: str,
+               run: Callable[[Sequence[str]], Any], failure: str) -> int:
+    """An nnictl trial's ``main``: parse repeatable ``--set key=value`` flags, log at INFO, call ``run(flags)``.
+
+    Bad input (``ValueError``, ``FileNotFoundError``, ``TypeError``) prints ``'{failure}: {error}'`` to stdout
+    (trial.log) and stderr (trial.stderr) and returns exit code 2, so the web UI shows FAILED with the reason;
+    success returns 0.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument('--set', dest='set_flags', action='append', default=[], metavar='KEY=VALUE',
-                        help='configuration key (see nni_labelfree.experiment.config); repeatable')
+                        help=f'configuration key (see {config_module}); repeatable')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='[%(asctime)s] %(levelname)s %(name)s: %(message)s')
     warnings.filterwarnings('ignore', message=r'.*is found to be not a nn\.Module')
     try:
-        run_trial(args.set_flags)
+        run(args.set_flags)
     except (ValueError, FileNotFoundError, TypeError) as err:
-        # stdout reaches trial.log, stderr trial.stderr: the reason goes to both.
         for stream in (sys.stdout, sys.stderr):
-            print(f'nni-labelfree trial failed: {err}', file=stream, flush=True)
+            print(f'{failure}: {err}', file=stream, flush=True)
         return 2
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    return trial_main(argv, prog='nni_labelfree.experiment.trial', description=__doc__.splitlines()[0],
+                      config_module='nni_labelfree.experiment.config', run=run_trial,
+                      failure='nni-labelfree trial failed')
 
 
 if __name__ == '__main__':
