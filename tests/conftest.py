@@ -17,6 +17,17 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope='module')
+def one_torch_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures('one_torch_thread')``): on a loaded
+    2-core machine, two threads make tiny steps many times slower."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # NNI's experiment logger keeps writing to the stream pytest captured for an earlier test; the handler then
 # prints "Logging error ... I/O operation on closed file" tracebacks. They are noise, not failures.
 import logging  # noqa: E402

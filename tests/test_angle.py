@@ -12,18 +12,15 @@ from nni_labelfree.metrics.angle import (AnglePolicy, ChoiceAngleScorer, PathAng
                                          parameter_snapshot)
 from nni_labelfree.search_spaces import NasBench201Space
 
+from helpers import perturb_supernet
+
 POLICIES = [AnglePolicy(), AnglePolicy(fixed='none'), AnglePolicy(pool='const4d', skip='identity'),
             AnglePolicy(fixed='none', pool='empty', skip='identity')]
 
 
 def _perturbed_supernet(space, seed=0):
     torch.manual_seed(seed)
-    RandomOneShot().mutate_model(space)
-    initial = parameter_snapshot(space)
-    with torch.no_grad():
-        for p in space.parameters():
-            p.mul_(0.8).add_(0.3 * torch.randn_like(p))
-    return space, initial
+    return perturb_supernet(space)
 
 
 @pytest.fixture(scope='module')

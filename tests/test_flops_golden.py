@@ -31,13 +31,7 @@ MOBILENET_ARCH = {'s1_b0': 'k7_e6', 's1_b1': 'skip', 's2_b0': 'k3_e3', 's2_b1': 
                   's6_b0': 'k5_e6'}  # every candidate, in a 2-2-2-2-2-1 space
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6)
 
-
-@pytest.fixture(scope='module', autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def hook_count(net: nn.Module, x: torch.Tensor) -> dict[str, int]:

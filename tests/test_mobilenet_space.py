@@ -6,33 +6,22 @@ import random
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
-from torch import nn
-from torch.utils.data import TensorDataset
-
-from nni.nas.evaluator.pytorch import Classification, DataLoader
-from nni.nas.experiment import NasExperiment
-from nni.nas.oneshot.pytorch.strategy import RandomOneShot
 
 from nni_labelfree.experiment import cli
-from nni_labelfree.metrics.angle import AnglePolicy, ChoiceAngleScorer, angle_scorer, parameter_snapshot
+from nni_labelfree.metrics.angle import AnglePolicy, ChoiceAngleScorer, angle_scorer
 from nni_labelfree.search_spaces import MobileNetSpace, create_space, list_spaces
 from nni_labelfree.search_spaces.mobilenet import MBCONV_OPS, SKIP, MBConv, make_divisible, rlnas_encoding
 from nni_labelfree.selection import ProfilerConstraint, evolve
 from nni_labelfree.strategies import RLNAS
 
+from helpers import perturb_supernet, run_rlnas
+
 DEPTHS, IMAGE = (2, 2, 1, 1, 1, 1), 16
 TINY = dict(width_mult=0.1, stage_depths=DEPTHS, num_classes=10, stem='cifar', channel_divisor=4)
 SKIP_LABELS = ('s1_b1', 's2_b1')  # the only blocks of TINY that may skip
 
-
-@pytest.fixture(scope='module', autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def _tiny(**overrides):
@@ -132,13 +121,7 @@ def test_registry():
 @pytest.fixture(scope='module')
 def perturbed():
     torch.manual_seed(0)
-    space = _tiny()
-    RandomOneShot().mutate_model(space)
-    initial = parameter_snapshot(space)
-    with torch.no_grad():
-        for p in space.parameters():
-            p.mul_(0.8).add_(0.3 * torch.randn_like(p))
-    return space, initial
+    return perturb_supernet(_tiny())
 
 
 def _independent_angle(space, initial, arch, fixed=True):
@@ -191,29 +174,9 @@ def test_skip_enters_as_identity_and_changes_the_angle(perturbed):
 
 # -- RLNAS end to end and constrained evolution --------------------------------------------------------------------
 
-class _RecordSamples(pl.Callback):
-    def __init__(self):
-        self.samples = []
-
-    def on_train_batch_end(self, trainer, pl_module, *args):
-        self.samples.append(dict(pl_module.last_sample))
-
-
 @pytest.fixture(scope='module')
 def mobilenet_run():
-    g = torch.Generator().manual_seed(0)
-    data = TensorDataset(torch.randn(48, 3, IMAGE, IMAGE, generator=g), torch.randint(0, 10, (48,), generator=g))
-    recorder = _RecordSamples()
-    evaluator = Classification(train_dataloaders=DataLoader(data, batch_size=8, shuffle=True),
-                               val_dataloaders=DataLoader(data, batch_size=8), num_classes=10, learning_rate=0.05,
-                               max_epochs=4, enable_progress_bar=False, logger=False, enable_checkpointing=False,
-                               enable_model_summary=False, limit_val_batches=0, callbacks=[recorder])
-    strategy = RLNAS(seed=0, evolution=dict(population_size=12, top_k=4, num_mutation=6, num_crossover=6,
-                                            generations=3))
-    torch.manual_seed(0)
-    experiment = NasExperiment(_tiny(), evaluator, strategy)
-    experiment.run()
-    return experiment, strategy, recorder.samples
+    return run_rlnas(_tiny, IMAGE, batch_size=8, max_epochs=4)
 
 
 def test_rlnas_trains_uniform_single_paths_and_exports_a_valid_architecture(mobilenet_run):

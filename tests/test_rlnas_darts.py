@@ -3,31 +3,20 @@ import random
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import TensorDataset
 
-from nni.nas.evaluator.pytorch import Classification, DataLoader
-from nni.nas.experiment import NasExperiment
-from nni.nas.oneshot.pytorch.strategy import RandomOneShot
-
-from nni_labelfree.metrics.angle import AnglePolicy, PathAngleScorer, angle_scorer, parameter_snapshot
+from nni_labelfree.metrics.angle import AnglePolicy, PathAngleScorer, angle_scorer
 from nni_labelfree.search_spaces import DartsSpace
 from nni_labelfree.search_spaces.darts import (CELL_TYPES, DARTS_LABELS, DARTS_OPS, NODES, darts_sample_is_valid,
                                                random_darts_sample)
 from nni_labelfree.selection import ProfilerConstraint
 from nni_labelfree.strategies import RLNAS
 
+from helpers import perturb_supernet, run_rlnas
+
 WIDTH, CELLS, IMAGE = 4, 3, 8  # reductions at cells 1 and 2
 
-
-@pytest.fixture(scope='module', autouse=True)
-def _one_thread():
-    """One torch thread: on a loaded 2-core machine, two threads make these tiny steps ~40x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def _space():
@@ -40,29 +29,9 @@ def flops_constraint():
     return ProfilerConstraint(_space(), torch.randn(1, 3, IMAGE, IMAGE), max_flops=1)
 
 
-class _RecordSamples(pl.Callback):
-    def __init__(self):
-        self.samples = []
-
-    def on_train_batch_end(self, trainer, pl_module, *args):
-        self.samples.append(dict(pl_module.last_sample))
-
-
 @pytest.fixture(scope='module')
 def darts_run():
-    g = torch.Generator().manual_seed(0)
-    data = TensorDataset(torch.randn(48, 3, IMAGE, IMAGE, generator=g), torch.randint(0, 10, (48,), generator=g))
-    recorder = _RecordSamples()
-    evaluator = Classification(train_dataloaders=DataLoader(data, batch_size=4, shuffle=True),
-                               val_dataloaders=DataLoader(data, batch_size=4), num_classes=10, learning_rate=0.05,
-                               max_epochs=5, enable_progress_bar=False, logger=False, enable_checkpointing=False,
-                               enable_model_summary=False, limit_val_batches=0, callbacks=[recorder])
-    strategy = RLNAS(seed=0, evolution=dict(population_size=12, top_k=4, num_mutation=6, num_crossover=6,
-                                            generations=3))
-    torch.manual_seed(0)
-    experiment = NasExperiment(_space(), evaluator, strategy)
-    experiment.run()
-    return experiment, strategy, recorder.samples
+    return run_rlnas(_space, IMAGE, batch_size=4, max_epochs=5)
 
 
 def test_training_samples_exactly_two_real_inputs_per_node(darts_run):
@@ -124,13 +93,7 @@ def test_impossible_constraint_reports_the_smallest_flops(darts_run, flops_const
 @pytest.fixture(scope='module')
 def perturbed():
     torch.manual_seed(0)
-    space = _space()
-    RandomOneShot().mutate_model(space)
-    initial = parameter_snapshot(space)
-    with torch.no_grad():
-        for p in space.parameters():
-            p.mul_(0.8).add_(0.3 * torch.randn_like(p))
-    return space, initial
+    return perturb_supernet(_space())
 
 
 def _archs(n, seed=0):
