@@ -13,11 +13,11 @@ import time
 from typing import Callable
 
 import nni
-import pytorch_lightning as pl
 import torch
 from torch import nn
 
 from nni_labelfree.experiment.evaluator import SGDClassificationModule
+from nni_labelfree.experiment.history import EpochHistory
 
 __all__ = ['RetrainModule', 'EpochReporter', 'STAGES']
 
@@ -137,7 +137,7 @@ class RetrainModule(SGDClassificationModule):
         self._evaluate('test', batch)
 
 
-class EpochReporter(pl.Callback):
+class EpochReporter(EpochHistory):
     """One metric dict per epoch: ``epoch``, ``train_loss``/``train_acc``, ``val_loss``/``val_acc`` (when a
     validation split exists), ``lr``, ``drop_path``, ``epoch_seconds`` and ``default`` (validation accuracy, else
     training accuracy), passed to ``reporter`` and kept in :attr:`history`.
@@ -146,8 +146,7 @@ class EpochReporter(pl.Callback):
     """
 
     def __init__(self, reporter: Reporter | None = None):
-        self.reporter = reporter
-        self.history: list[dict] = []
+        super().__init__(reporter)
         self._epoch_start = 0.0
         self._lr = 0.0
 
@@ -162,13 +161,4 @@ class EpochReporter(pl.Callback):
         metrics.update(lr=self._lr, drop_path=pl_module.drop_path * trainer.current_epoch / max(1, trainer.max_epochs),
                        epoch_seconds=time.perf_counter() - self._epoch_start)
         metrics['default'] = metrics.get('val_acc', metrics.get('train_acc', 0.0))
-        self.history.append(metrics)
-        _logger.info('epoch %d: %s', metrics['epoch'], {k: round(v, 4) for k, v in metrics.items()})
-        if self.reporter is not None:
-            self.reporter(metrics)
-
-    def state_dict(self) -> dict:
-        return {'history': [dict(m) for m in self.history]}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.history = [dict(m) for m in state_dict.get('history', [])]
+        self.publish(metrics)

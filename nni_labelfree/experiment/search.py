@@ -36,6 +36,7 @@ from nni_labelfree.experiment.checkpoint import (AtomicCheckpointIO, ResumableCh
                                                  remove_stale_temporaries)
 from nni_labelfree.experiment.config import SearchConfig
 from nni_labelfree.experiment.evaluator import sgd_classification
+from nni_labelfree.experiment.history import EpochHistory
 from nni_labelfree.metrics.angle import AnglePolicy
 from nni_labelfree.metrics.correlation import kendall_tau
 from nni_labelfree.search_spaces import create_space
@@ -174,7 +175,7 @@ def _build_strategy(config: SearchConfig, space: torch.nn.Module, num_images: in
                  angle_policy=policy, search=config.search, evolution=config.evolution, constraint=constraint)
 
 
-class SearchMetricsCallback(pl.Callback):
+class SearchMetricsCallback(EpochHistory):
     """Per-epoch metrics of a search: training loss/accuracy on its labels (random labels for RLNAS, the pretext
     task for UnNAS) and, with a NAS-Bench-201 table, RLNAS's Kendall tau of the angle ranking and the accuracy of
     the current top-angle cell, or UnNAS's current cell accuracy; UnNAS also reports the skip-connection count.
@@ -188,8 +189,8 @@ class SearchMetricsCallback(pl.Callback):
     """
 
     def __init__(self, table=None, reporter: Reporter | None = None):
-        self.table, self.reporter = table, reporter
-        self.history: list[dict] = []
+        super().__init__(reporter)
+        self.table = table
         self._sums = np.zeros(3)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
@@ -207,17 +208,7 @@ class SearchMetricsCallback(pl.Callback):
                    'train_acc': float(self._sums[1] / max(self._sums[2], 1))}
         metrics.update({k: float(v) for k, v in self.ranking_metrics(pl_module).items()})
         metrics['default'] = metrics.get('kendall_tau', metrics.get('exported_acc', metrics['train_acc']))
-        self.history.append(metrics)
-        _logger.info('epoch %d: %s', metrics['epoch'], {k: round(v, 4) for k, v in metrics.items()})
-        if self.reporter is not None:
-            self.reporter(metrics)
-
-    # The history goes into every checkpoint, so a resumed search's metrics.json still lists every epoch.
-    def state_dict(self) -> dict:
-        return {'history': [dict(m) for m in self.history]}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.history = [dict(m) for m in state_dict.get('history', [])]
+        self.publish(metrics)  # the history goes into every checkpoint (EpochHistory.state_dict)
 
     def ranking_metrics(self, pl_module) -> dict:
         """RLNAS: Kendall tau of the angles of all cells vs the table and the top-angle cell's accuracy.
