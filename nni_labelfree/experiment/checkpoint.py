@@ -27,7 +27,7 @@ import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import pytorch_lightning as pl
 import torch
@@ -36,7 +36,8 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 __all__ = ['CheckpointError', 'atomic_save', 'load_checkpoint', 'checkpoint_path', 'list_checkpoints',
            'newest_valid_checkpoint', 'prune_checkpoints', 'remove_checkpoints', 'remove_stale_temporaries',
-           'checkpoint_metadata', 'AtomicCheckpointIO', 'ResumableCheckpoint', 'METADATA_KEY']
+           'checkpoint_metadata', 'resume_candidate', 'changed_settings', 'AtomicCheckpointIO',
+           'ResumableCheckpoint', 'METADATA_KEY']
 
 _logger = logging.getLogger(__name__)
 
@@ -171,6 +172,30 @@ def remove_stale_temporaries(directory: str | Path) -> int:
 def checkpoint_metadata(checkpoint: Mapping[str, Any]) -> dict:
     """The search metadata :class:`ResumableCheckpoint` stored in a loaded checkpoint (``{}`` if none)."""
     return dict(checkpoint.get(METADATA_KEY) or {})
+
+
+def resume_candidate(directory: str | Path, resume: bool, *, owner: bool = True,
+                     logger: logging.Logger = _logger, what: str = 'previous checkpoints') -> tuple[Path, dict] | None:
+    """The newest readable checkpoint of ``directory`` to continue from, or None to start afresh.
+
+    The ``owner`` (rank 0 of a distributed run) first deletes stale temporaries; with ``resume`` false it deletes
+    the old checkpoints (logging ``'resume=false: deleted the {what} in {directory}.'`` on ``logger``) and the
+    result is None. Checking that the checkpoint belongs to this run is the caller's.
+    """
+    if owner:
+        remove_stale_temporaries(directory)
+    if not resume:
+        if owner and remove_checkpoints(directory):
+            logger.info('resume=false: deleted the %s in %s.', what, directory)
+        return None
+    return newest_valid_checkpoint(directory)
+
+
+def changed_settings(saved: Mapping[str, Any], current: Mapping[str, Any], free: Collection[str]) -> str:
+    """``'key: old -> new, ...'`` (sorted) for the settings of ``current`` that ``saved`` has otherwise, ignoring
+    the keys in ``free``; ``''`` when none changed (a checkpoint may then be resumed)."""
+    changed = {k: (saved.get(k), v) for k, v in current.items() if k not in free and saved.get(k) != v}
+    return ', '.join(f'{k}: {old!r} -> {new!r}' for k, (old, new) in sorted(changed.items()))
 
 
 # -- Lightning --------------------------------------------------------------------------------------------------------

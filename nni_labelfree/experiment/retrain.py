@@ -43,8 +43,7 @@ from torch import nn
 
 from nni_labelfree.data import derive_seed
 from nni_labelfree.experiment.checkpoint import (AtomicCheckpointIO, ResumableCheckpoint, atomic_save,
-                                                 checkpoint_metadata, newest_valid_checkpoint, remove_checkpoints,
-                                                 remove_stale_temporaries)
+                                                 changed_settings, checkpoint_metadata, resume_candidate)
 from nni_labelfree.experiment.retrain_arch import LoadedArchitecture, load_architecture
 from nni_labelfree.experiment.retrain_config import RetrainConfig, resolve_retrain_config
 from nni_labelfree.experiment.retrain_data import BatchAugment, LabelledSplits, labelled_splits
@@ -158,20 +157,13 @@ def run_retrain(config: RetrainConfig, output_dir: str | Path, reporter: Reporte
 
 def _resume_point(config: RetrainConfig, checkpoints: Path) -> Path | None:
     """The epoch checkpoint to continue from (None: start afresh), after checking it belongs to this run."""
-    remove_stale_temporaries(checkpoints)
-    if not config.resume:
-        if remove_checkpoints(checkpoints):
-            _logger.info('resume=false: deleted the previous checkpoints in %s.', checkpoints)
-        return None
-    found = newest_valid_checkpoint(checkpoints)
+    found = resume_candidate(checkpoints, config.resume, logger=_logger)
     if found is None:
         return None
     path, checkpoint = found
     saved = checkpoint_metadata(checkpoint).get('config') or {}
-    changed = {k: (saved.get(k), v) for k, v in config.to_dict().items()
-               if k not in _RESUME_FREE_KEYS and saved.get(k) != v}
-    if changed:
-        detail = ', '.join(f'{k}: {old!r} -> {new!r}' for k, (old, new) in sorted(changed.items()))
+    detail = changed_settings(saved, config.to_dict(), _RESUME_FREE_KEYS)
+    if detail:
         raise ValueError(f'{path} was written by a retraining with other settings ({detail}). Rerun with the '
                          'original settings, use a new --output, or pass --resume false to start over (this '
                          'deletes its checkpoints/search_epoch*.ckpt).')

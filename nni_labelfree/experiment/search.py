@@ -32,8 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from nni_labelfree.benchmarks.nasbench201 import NB201_LABELS, arch_to_string, load_nb201_table
 from nni_labelfree.data import labeled_image_source
 from nni_labelfree.experiment.checkpoint import (AtomicCheckpointIO, ResumableCheckpoint, atomic_save,
-                                                 checkpoint_metadata, newest_valid_checkpoint, remove_checkpoints,
-                                                 remove_stale_temporaries)
+                                                 changed_settings, checkpoint_metadata, resume_candidate)
 from nni_labelfree.experiment.config import SearchConfig
 from nni_labelfree.experiment.evaluator import sgd_classification
 from nni_labelfree.experiment.history import EpochHistory
@@ -261,13 +260,8 @@ def _trainer_kwargs(config: SearchConfig, callbacks: list) -> dict:
 
 def _resume_point(config: SearchConfig, checkpoints: Path, rank: int) -> Path | None:
     """The checkpoint to continue from (``None``: start afresh), after checking it belongs to this search."""
-    if rank == 0:
-        remove_stale_temporaries(checkpoints)
-    if not config.resume:
-        if rank == 0 and remove_checkpoints(checkpoints):
-            _logger.info('resume=false: deleted the previous search checkpoints in %s.', checkpoints)
-        return None
-    found = newest_valid_checkpoint(checkpoints)
+    found = resume_candidate(checkpoints, config.resume, owner=rank == 0, logger=_logger,
+                             what='previous search checkpoints')
     if found is None:
         return None
     path, checkpoint = found
@@ -282,10 +276,8 @@ def _check_same_search(config: SearchConfig, saved: dict | None, path: Path) -> 
     if saved is None:
         raise ValueError(f'{path} has no search configuration, so it cannot be resumed safely. Use a new --output, '
                          'or pass --resume false to start over (this deletes the checkpoints/search_epoch*.ckpt).')
-    current = config.to_dict()
-    changed = {k: (saved.get(k), v) for k, v in current.items() if k not in _RESUME_FREE_KEYS and saved.get(k) != v}
-    if changed:
-        detail = ', '.join(f'{k}: {old!r} -> {new!r}' for k, (old, new) in sorted(changed.items()))
+    detail = changed_settings(saved, config.to_dict(), _RESUME_FREE_KEYS)
+    if detail:
         raise ValueError(f'{path} was written by a search with other settings ({detail}); resuming it would not '
                          'reproduce either search. Rerun with the original settings, use a new --output, or pass '
                          '--resume false to start over (this deletes the checkpoints/search_epoch*.ckpt).')
