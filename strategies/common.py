@@ -7,7 +7,7 @@ from typing import Iterator
 from nni.nas.oneshot.pytorch.strategy import OneShotStrategy
 from nni.nas.space import RawFormatModelSpace
 
-__all__ = ['ranked_models']
+__all__ = ['RankedOneShot', 'ranked_models']
 
 _logger = logging.getLogger(__name__)
 
@@ -24,3 +24,18 @@ def ranked_models(strategy: OneShotStrategy, limit: int | None = 1) -> Iterator[
         module.export()
     for arch, _ in module.search_result[:limit or 1]:
         yield strategy.model_space.freeze(arch)
+
+
+class RankedOneShot:
+    """Mixin for a seeded one-shot strategy whose module exports a ranked ``search_result`` (put it before NNI's
+    strategy class): :meth:`list_models` reads the ranking, :meth:`state_dict` also records ``self.seed``."""
+
+    def list_models(self, sort: bool = True, limit: int | None = 1) -> Iterator[RawFormatModelSpace]:
+        """The ``limit`` best architectures (RLNAS: largest angles; Pi-NAS: best selection fitness), best first,
+        as frozen models."""
+        return ranked_models(self, limit)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state['seed'] = self.seed
+        return state

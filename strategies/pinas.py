@@ -35,13 +35,12 @@ from __future__ import annotations
 import logging
 import math
 import random
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from torch.utils.data import DataLoader
 
 from nni.nas.nn.pytorch import ModelSpace
 from nni.nas.oneshot.pytorch.strategy import RandomOneShot
-from nni.nas.space import RawFormatModelSpace
 
 from nni_labelfree.data import CIFAR10_MEAN, CIFAR10_STD, EpochShuffleSampler, derive_seed
 from nni_labelfree.data.views import ViewConfig, ViewDataset
@@ -49,7 +48,7 @@ from nni_labelfree.heads import final_linear
 from nni_labelfree.selection import space_choices
 from nni_labelfree.selection.linear_eval import select_architectures
 
-from .common import ranked_models
+from .common import RankedOneShot
 from .pinas_module import STREAMS, PiNASModule
 from .pinas_parts import ContrastiveNetwork, count_paths
 
@@ -62,7 +61,7 @@ PINAS_DEFAULTS = {'temperature': 0.2, 'queue_size': 49152, 'momentum': 0.999, 'e
 """The paper's values (MoCo v2 head and loss): InfoNCE temperature, queue length, EMA momentum, head output."""
 
 
-class PiNAS(RandomOneShot):
+class PiNAS(RankedOneShot, RandomOneShot):
     """Pi-NAS (Peng et al., ICCV 2021) as a drop-in NNI one-shot strategy.
 
     ``NasExperiment(space, evaluator, PiNAS()).run()`` on any NNI ``ModelSpace`` with an ``nn.Linear`` classifier
@@ -211,15 +210,6 @@ class PiNAS(RandomOneShot):
         _logger.info('PiNAS selected %s by %s (fitness %.4f).', ranked[0][0], kind, ranked[0][1])
         module.selection_kind = kind
         return ranked
-
-    def list_models(self, sort: bool = True, limit: int | None = 1) -> Iterator[RawFormatModelSpace]:
-        """The ``limit`` best architectures, best first, as frozen models."""
-        return ranked_models(self, limit)
-
-    def state_dict(self) -> dict:
-        state = super().state_dict()
-        state['seed'] = self.seed
-        return state
 
 
 def _check_settings(temperature: float, queue_size: int, momentum: float, embedding_dim: int, num_views: int,

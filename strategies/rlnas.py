@@ -19,7 +19,7 @@ import hashlib
 import logging
 import math
 import random
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -29,13 +29,12 @@ from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from nni.nas.nn.pytorch import ModelSpace
 from nni.nas.oneshot.pytorch.sampling import RandomSamplingLightningModule
 from nni.nas.oneshot.pytorch.strategy import RandomOneShot
-from nni.nas.space import RawFormatModelSpace
 
 from nni_labelfree.data import EpochShuffleSampler, RandomLabelDataset
 from nni_labelfree.metrics.angle import AnglePolicy, angle_scorer, parameter_snapshot, plain_architecture
 from nni_labelfree.selection import evolve
 
-from .common import ranked_models
+from .common import RankedOneShot
 
 __all__ = ['RLNAS', 'RLNASModule', 'EpochShuffleSampler']
 
@@ -193,7 +192,7 @@ class RLNASModule(RandomSamplingLightningModule):
         return dict(best)
 
 
-class RLNAS(RandomOneShot):
+class RLNAS(RankedOneShot, RandomOneShot):
     """RLNAS (Zhang et al., CVPR 2021) as a drop-in NNI one-shot strategy.
 
     Use it like any one-shot strategy: ``NasExperiment(space, evaluator, RLNAS()).run()`` then
@@ -332,12 +331,3 @@ class RLNAS(RandomOneShot):
         kwargs = {'seed': self.seed, 'repair': self.repair, **self.evolution}
         result = evolve(scorer.choices, scorer.angle, constraint=self.constraint, **kwargs)
         return [(plain_architecture(arch), float(fitness)) for arch, fitness in result.ranked[:self.top_k]]
-
-    def list_models(self, sort: bool = True, limit: int | None = 1) -> Iterator[RawFormatModelSpace]:
-        """The ``limit`` architectures with the largest angles, best first, as frozen models."""
-        return ranked_models(self, limit)
-
-    def state_dict(self) -> dict:
-        state = super().state_dict()
-        state['seed'] = self.seed
-        return state
