@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
 
 from nni.nas.oneshot.pytorch.strategy import OneShotStrategy
 from nni.nas.space import RawFormatModelSpace
 
-__all__ = ['RankedOneShot', 'ranked_models']
+__all__ = ['RankedOneShot', 'ranked_models', 'rng_state_to_plain', 'rng_state_from_plain']
 
 _logger = logging.getLogger(__name__)
 
@@ -39,3 +42,16 @@ class RankedOneShot:
         state = super().state_dict()
         state['seed'] = self.seed
         return state
+
+
+def rng_state_to_plain(rng: np.random.RandomState) -> dict[str, Any]:
+    """A ``RandomState`` state as a tensor and plain values (loadable with ``torch.load(weights_only=True)``)."""
+    name, keys, pos, has_gauss, cached_gaussian = rng.get_state(legacy=True)
+    return {'name': str(name), 'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),
+            'has_gauss': int(has_gauss), 'cached_gaussian': float(cached_gaussian)}
+
+
+def rng_state_from_plain(state: Mapping[str, Any]) -> tuple:
+    """Inverse of :func:`rng_state_to_plain`, for ``RandomState.set_state``."""
+    keys = state['keys'].numpy().astype(np.uint32)
+    return state['name'], keys, int(state['pos']), int(state['has_gauss']), float(state['cached_gaussian'])

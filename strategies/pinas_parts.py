@@ -24,8 +24,10 @@ from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
 
 from nni_labelfree.heads import final_linear
 
+from .common import rng_state_from_plain, rng_state_to_plain
+
 __all__ = ['ContrastiveNetwork', 'PathPairSampler', 'PathwiseEMA', 'KeyQueue', 'activate', 'supernet_modules',
-           'count_paths', 'rng_state_to_plain', 'rng_state_from_plain']
+           'count_paths']
 
 _logger = logging.getLogger(__name__)
 
@@ -109,19 +111,6 @@ def count_paths(mutables: Mapping[str, Any], limit: int = 2) -> int:
         if total >= limit:
             return limit
     return total
-
-
-def rng_state_to_plain(rng: np.random.RandomState) -> dict[str, Any]:
-    """A ``RandomState`` state as a tensor and plain values (loadable with ``torch.load(weights_only=True)``)."""
-    name, keys, pos, has_gauss, cached_gaussian = rng.get_state(legacy=True)
-    return {'name': str(name), 'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),
-            'has_gauss': int(has_gauss), 'cached_gaussian': float(cached_gaussian)}
-
-
-def rng_state_from_plain(state: Mapping[str, Any]) -> tuple:
-    """Inverse of :func:`rng_state_to_plain`, for ``RandomState.set_state``."""
-    keys = state['keys'].numpy().astype(np.uint32)
-    return state['name'], keys, int(state['pos']), int(state['has_gauss']), float(state['cached_gaussian'])
 
 
 class PathPairSampler:

@@ -34,23 +34,13 @@ from nni_labelfree.data import EpochShuffleSampler, RandomLabelDataset
 from nni_labelfree.metrics.angle import AnglePolicy, angle_scorer, parameter_snapshot, plain_architecture
 from nni_labelfree.selection import evolve
 
-from .common import RankedOneShot
+from .common import RankedOneShot, rng_state_from_plain, rng_state_to_plain
 
 __all__ = ['RLNAS', 'RLNASModule', 'EpochShuffleSampler']
 
 _logger = logging.getLogger(__name__)
 
 _SEARCH_MODES = ('auto', 'exhaustive', 'evolution')
-def _rng_state_to_plain(rng: np.random.RandomState) -> dict[str, Any]:
-    """A numpy ``RandomState`` state as a tensor and plain values, so ``torch.load(weights_only=True)`` reads it."""
-    name, keys, pos, has_gauss, cached_gaussian = rng.get_state(legacy=True)
-    return {'name': str(name), 'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),
-            'has_gauss': int(has_gauss), 'cached_gaussian': float(cached_gaussian)}
-
-
-def _rng_state_from_plain(state: Mapping[str, Any]) -> tuple:
-    keys = state['keys'].numpy().astype(np.uint32)
-    return state['name'], keys, int(state['pos']), int(state['has_gauss']), float(state['cached_gaussian'])
 
 
 def _labels_digest(datasets: Sequence[RandomLabelDataset]) -> str:
@@ -150,7 +140,7 @@ class RLNASModule(RandomSamplingLightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint['rlnas_initial_weights'] = self.initial_weights
-        checkpoint['rlnas_sampler_state'] = _rng_state_to_plain(self._sampler_rng)
+        checkpoint['rlnas_sampler_state'] = rng_state_to_plain(self._sampler_rng)
         checkpoint['rlnas_torch_rng_state'] = torch.get_rng_state()
         checkpoint['rlnas_data'] = {'epoch': self._data_epoch, 'next_epoch': self._next_data_epoch(),
                                     'label_digest': _labels_digest(self.label_datasets)}
@@ -159,7 +149,7 @@ class RLNASModule(RandomSamplingLightningModule):
         self.initial_weights = checkpoint.get('rlnas_initial_weights')
         if 'rlnas_sampler_state' in checkpoint:
             state = checkpoint['rlnas_sampler_state']
-            self._sampler_rng.set_state(_rng_state_from_plain(state) if isinstance(state, Mapping) else state)
+            self._sampler_rng.set_state(rng_state_from_plain(state) if isinstance(state, Mapping) else state)
         if 'rlnas_torch_rng_state' in checkpoint:
             torch.set_rng_state(checkpoint['rlnas_torch_rng_state'])
         if 'rlnas_data' in checkpoint:

@@ -7,10 +7,11 @@ from nni.nas.evaluator.pytorch import Classification, DataLoader
 from nni.nas.experiment import NasExperiment
 from nni.nas.oneshot.pytorch.strategy import RandomOneShot
 
+from nni_labelfree.data import TensorImageDataset
 from nni_labelfree.metrics.angle import parameter_snapshot
 from nni_labelfree.strategies import RLNAS
 
-__all__ = ['RecordSamples', 'perturb_supernet', 'run_rlnas']
+__all__ = ['RecordSamples', 'perturb_supernet', 'quadrant_images', 'run_rlnas']
 
 
 class RecordSamples(pl.Callback):
@@ -51,3 +52,16 @@ def run_rlnas(make_space, image, batch_size, max_epochs):
     experiment = NasExperiment(make_space(), evaluator, strategy)
     experiment.run()
     return experiment, strategy, recorder.samples
+
+
+def quadrant_images(count: int = 128, size: int = 16, seed: int = 0, labels: bool = True) -> TensorImageDataset:
+    """Class k puts a bright patch in quadrant k of channel k % 3: learnable, linearly decodable from random conv
+    features, and oriented (so rotation is learnable too)."""
+    g = torch.Generator().manual_seed(seed)
+    classes = torch.randint(0, 4, (count,), generator=g)
+    images = torch.randint(0, 60, (count, 3, size, size), generator=g, dtype=torch.uint8)
+    half = size // 2
+    for i, label in enumerate(classes.tolist()):
+        row, col = divmod(label, 2)
+        images[i, label % 3, row * half:(row + 1) * half, col * half:(col + 1) * half] = 250
+    return TensorImageDataset(images, classes if labels else None, num_true_classes=4 if labels else None)

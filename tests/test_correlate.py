@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-import torch
+from helpers import quadrant_images
 
 from nni_labelfree.data import TensorImageDataset
 from nni_labelfree.experiment.cli import main as cli_main
@@ -22,23 +22,10 @@ TINY = dict(space='nasbench201', archs=4, tasks='rotation,supervised', epochs=1,
 
 
 def _generated_images(count: int = 96, size: int = 16, seed: int = 0) -> TensorImageDataset:
-    """Labeled images whose class sets a coloured quadrant: learnable, oriented (so rotation is learnable too)."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 4, (count,), generator=g)
-    images = torch.randint(0, 60, (count, 3, size, size), generator=g, dtype=torch.uint8)
-    half = size // 2
-    for i, label in enumerate(labels.tolist()):
-        row, col = divmod(label, 2)
-        images[i, label % 3, row * half:(row + 1) * half, col * half:(col + 1) * half] = 250
-    return TensorImageDataset(images, labels, num_true_classes=4)
+    return quadrant_images(count, size, seed)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def test_correlate_writes_results_and_a_rho_in_range(tmp_path):

@@ -2,6 +2,7 @@
 import math
 
 import pytest
+from helpers import quadrant_images
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -9,7 +10,6 @@ from torch.utils.data import DataLoader
 from nni.nas.oneshot.pytorch.strategy import RandomOneShot
 
 from nni_labelfree.benchmarks.nasbench201 import NB201_LABELS
-from nni_labelfree.data import TensorImageDataset
 from nni_labelfree.search_spaces import NasBench201Space
 from nni_labelfree.selection import space_choices
 from nni_labelfree.selection.linear_eval import (HeldOutContrastive, LinearEvaluator, batch_statistics,
@@ -20,24 +20,9 @@ ALL_NONE = {label: 'none' for label in NB201_LABELS}
 ALL_SKIP = {label: 'skip_connect' for label in NB201_LABELS}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
-def _quadrant_images(count=128, size=16, seed=0, labels=True):
-    """Class k puts a bright patch in quadrant k of channel k % 3: linearly decodable from random conv features."""
-    g = torch.Generator().manual_seed(seed)
-    classes = torch.randint(0, 4, (count,), generator=g)
-    images = torch.randint(0, 60, (count, 3, size, size), generator=g, dtype=torch.uint8)
-    half = size // 2
-    for i, label in enumerate(classes.tolist()):
-        row, col = divmod(label, 2)
-        images[i, label % 3, row * half:(row + 1) * half, col * half:(col + 1) * half] = 250
-    return TensorImageDataset(images, classes if labels else None, num_true_classes=4 if labels else None)
 
 
 def _supernet(seed=0):
@@ -52,9 +37,9 @@ def _embed(space):
 
 
 def _evaluator(space, steps=60, data=None):
-    data = data or _quadrant_images()
+    data = data or quadrant_images()
     train = DataLoader(data, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
-    val = DataLoader(_quadrant_images(64, seed=1), batch_size=32)
+    val = DataLoader(quadrant_images(64, seed=1), batch_size=32)
     draw = uniform_arch_sampler(space_choices(space), seed=0, filter=space.sample_filter)
     return LinearEvaluator(space, _embed(space), train, val, sample_arch=draw, num_classes=4, steps=steps,
                            learning_rate=0.5, bn_batches=2)
@@ -155,7 +140,7 @@ def test_select_architectures_exhaustive_and_evolution():
 def test_unlabeled_data_and_bad_settings_are_refused():
     space = _supernet()
     with pytest.raises(ValueError, match='label-free'):
-        _evaluator(space, steps=2, data=_quadrant_images(64, labels=False)).fit()
+        _evaluator(space, steps=2, data=quadrant_images(64, labels=False)).fit()
     evaluator = _evaluator(space, steps=2)
     with pytest.raises(RuntimeError, match='fit'):
         evaluator.accuracy(ALL_CONV)

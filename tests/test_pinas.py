@@ -22,16 +22,9 @@ from nni_labelfree.strategies.pinas import PiNAS
 from nni_labelfree.strategies.pinas_loss import key_plan
 from nni_labelfree.strategies.pinas_parts import KeyQueue, PathPairSampler
 
-pytestmark = [pytest.mark.filterwarnings('ignore:.*self.log.*'), pytest.mark.filterwarnings('ignore:.*nni.trace.*')]
+pytestmark = [pytest.mark.filterwarnings('ignore:.*self.log.*'), pytest.mark.filterwarnings('ignore:.*nni.trace.*'),
+              pytest.mark.usefixtures('one_torch_thread')]
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _images(n=64, size=16, labels=True, seed=0):

@@ -25,7 +25,7 @@ from nni_labelfree.experiment import cli
 from nni_labelfree.experiment.checkpoint import (CheckpointError, atomic_save, checkpoint_metadata, checkpoint_path,
                                                  list_checkpoints, load_checkpoint, newest_valid_checkpoint)
 from nni_labelfree.data import EpochShuffleSampler
-from nni_labelfree.strategies.rlnas import _rng_state_from_plain, _rng_state_to_plain
+from nni_labelfree.strategies.common import rng_state_from_plain, rng_state_to_plain
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).parent / 'nni-labelfree'
@@ -251,9 +251,9 @@ def test_shuffle_order_is_a_pure_function_of_seed_and_epoch():
 def test_path_sampler_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     rng = np.random.RandomState(5)
     rng.randint(0, 10, size=7), rng.standard_normal()  # leaves a cached gaussian in the state
-    atomic_save({'state': _rng_state_to_plain(rng)}, tmp_path / 's.pt')
+    atomic_save({'state': rng_state_to_plain(rng)}, tmp_path / 's.pt')
     restored = np.random.RandomState(0)
-    restored.set_state(_rng_state_from_plain(torch.load(tmp_path / 's.pt', weights_only=True)['state']))
+    restored.set_state(rng_state_from_plain(torch.load(tmp_path / 's.pt', weights_only=True)['state']))
     assert np.array_equal(restored.randint(0, 1000, size=20), rng.randint(0, 1000, size=20))
     assert restored.standard_normal() == rng.standard_normal()
 
