@@ -30,13 +30,7 @@ GENOTYPE = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions gain nothing from intra-op threads, and on a loaded machine threads cost ~5x wall time."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def tiny(**kwargs) -> DartsSpace:

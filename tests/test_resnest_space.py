@@ -21,12 +21,7 @@ from nni_labelfree.search_spaces.resnest_blocks import BlockSpec, SplitAttention
 NAMES = tuple(RESNEST_CANDIDATES)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def tiny(**kwargs) -> ResNeStSpace:
