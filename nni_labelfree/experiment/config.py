@@ -156,11 +156,11 @@ def merge_layers(layers: tuple, schema: type, what: str = 'configuration') -> di
     return merged
 
 
-def flatten_parameter_groups(params: Mapping[str, Any] | None, schema: type = None) -> dict[str, Any]:
+def flatten_parameter_groups(params: Mapping[str, Any] | None) -> dict[str, Any]:
     """NNI parameters with groups merged in: a choice whose values are mappings of config keys (e.g.
     ``ablation: {_type: choice, _value: [{cross_path: false, negatives: true}, ...]}``) arrives as
     ``{'ablation': {...}}``; its keys become top-level keys. Mappings under real config keys (``evolution``) stay."""
-    fields = {f.name for f in dataclasses.fields(schema or SearchConfig)}
+    fields = {f.name for f in dataclasses.fields(SearchConfig)}
     flat: dict[str, Any] = {}
     for key, value in (params or {}).items():
         if isinstance(value, Mapping) and key.replace('-', '_') not in fields:

@@ -135,12 +135,17 @@ def _profiler_constraint(config: SearchConfig, space: torch.nn.Module):
                               max_flops=config.max_flops, max_params=config.max_params)
 
 
-def _sgas_kwargs(config: SearchConfig) -> dict[str, Any]:
-    kwargs = dict(criterion=config.sgas_criterion, decision_warmup=config.decision_warmup,
-                  decision_freq=config.decision_freq, seed=config.seed)
+def _darts_kwargs(config: SearchConfig) -> dict[str, Any]:
+    """Seed and, when set, the alphas' learning rate (else the strategy's paper value)."""
+    kwargs: dict[str, Any] = {'seed': config.seed}
     if config.arc_learning_rate is not None:
         kwargs['arc_learning_rate'] = config.arc_learning_rate
     return kwargs
+
+
+def _sgas_kwargs(config: SearchConfig) -> dict[str, Any]:
+    return dict(_darts_kwargs(config), criterion=config.sgas_criterion, decision_warmup=config.decision_warmup,
+                decision_freq=config.decision_freq)
 
 
 def _pinas_queue_size(config: SearchConfig, num_images: int) -> int:
@@ -156,9 +161,7 @@ def _build_strategy(config: SearchConfig, space: torch.nn.Module, num_images: in
     if config.strategy == 'sgas':
         return SGAS(**_sgas_kwargs(config))
     if config.strategy == 'unrealnas':
-        kwargs = _sgas_kwargs(config) if config.algorithm == 'sgas' else {'seed': config.seed}
-        if config.arc_learning_rate is not None:
-            kwargs['arc_learning_rate'] = config.arc_learning_rate
+        kwargs = _sgas_kwargs(config) if config.algorithm == 'sgas' else _darts_kwargs(config)
         return UnrealNAS(config.unreal_data, config.algorithm, num_classes=search_num_classes(config, num_images),
                          image_shape=(3, config.image_size, config.image_size), **kwargs)
     constraint = _profiler_constraint(config, space)
