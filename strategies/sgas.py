@@ -80,7 +80,6 @@ class SGASModule(OrderedDartsModule):
                          log_prob_every_n_step=strategy.log_prob_every_n_step,
                          warmup_epochs=strategy.warmup_epochs, penalty=strategy.penalty)
         self.strategy = strategy
-        self.epoch_dependents: list = []  # samplers/datasets whose draw depends on the epoch (set_epoch)
         self._decisions: SgasDecisions | None = None
 
     @property
@@ -135,9 +134,7 @@ class SGASModule(OrderedDartsModule):
         return super().on_fit_start()
 
     def on_train_epoch_start(self) -> None:
-        for dependent in self.epoch_dependents:
-            dependent.set_epoch(self.trainer.current_epoch)
-        result = super().on_train_epoch_start()  # NNI's DARTS re-enables every alpha after its warm-up
+        result = super().on_train_epoch_start()  # epoch dependents; NNI's DARTS re-enables alphas after warm-up
         self._finish_epochs(self.trainer.current_epoch)  # a checkpoint taken before our epoch-end hook ran
         self.apply_decisions()
         return result

@@ -48,17 +48,6 @@ def count_skip_connections(arch: dict) -> int:
 class UnNASModule(OrderedDartsModule):
     """The Lightning module behind :class:`UnNAS`: pretext losses in the DARTS step, space-aware export."""
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        # Everything whose draw depends on the epoch (jigsaw's tiles, the shuffle order) is told the epoch, so a
-        # search resumed from an epoch checkpoint sees exactly the batches an uninterrupted one would.
-        self.epoch_dependents: list = []
-
-    def on_train_epoch_start(self) -> None:
-        for dependent in self.epoch_dependents:
-            dependent.set_epoch(self.trainer.current_epoch)
-        return super().on_train_epoch_start()
-
     def _pretext_step(self, batch: Any, prefix: str | None) -> torch.Tensor:
         inputs, targets = batch
         logits = self.training_module(inputs)
