@@ -38,13 +38,17 @@ def info_nce(query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor,
     """InfoNCE of unit queries against their positive keys and a bank of negatives (Pi-NAS Eq. 4, one term).
 
     Returns the mean loss ``-log(exp(q.k/t) / (exp(q.k/t) + sum_n exp(q.n/t)))`` and the fraction of queries whose
-    positive beats every negative.
+    positive beats every negative. Both terms of a step go through one call (queries and keys stacked), so the
+    queue is read by a single matrix product; the temperature scales the queries before it and the positive is
+    combined by ``logaddexp``, so no ``[N, 1 + K]`` logits tensor is built.
     """
-    positive = (query * key).sum(1, keepdim=True)
-    logits = torch.cat([positive, query @ negatives.t()], dim=1) / temperature
-    target = torch.zeros(len(query), dtype=torch.long, device=query.device)
-    accuracy = (logits.argmax(1) == 0).float().mean()
-    return F.cross_entropy(logits, target), accuracy
+    scaled = query / temperature
+    positive = (scaled * key).sum(1)
+    negative = scaled @ negatives.t()
+    loss = torch.logaddexp(positive, torch.logsumexp(negative, dim=1)) - positive
+    with torch.no_grad():
+        accuracy = (positive > negative.max(1).values).float().mean()
+    return loss.mean(), accuracy
 
 
 def consistency_loss(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:

@@ -145,10 +145,11 @@ class PiNASModule(RandomSamplingLightningModule):
 
     def _loss(self, queries: tuple, positives: tuple) -> tuple[torch.Tensor, torch.Tensor]:
         if self.strategy.negatives:
-            negatives = self.queue.keys
-            (loss_i, acc_i), (loss_j, acc_j) = (info_nce(q, k, negatives, self.strategy.temperature)
-                                                for q, k in zip(queries, positives))
-            return loss_i + loss_j, (acc_i + acc_j) / 2
+            # both terms (q_i with its positive, q_j with its own) in one pass over the queue; the two halves have
+            # equal size, so twice the mean over both is the paper's sum of the two mean terms
+            loss, accuracy = info_nce(torch.cat(queries), torch.cat(positives), self.queue.keys,
+                                      self.strategy.temperature)
+            return 2 * loss, accuracy
         loss = consistency_loss(queries[0], positives[0]) + consistency_loss(queries[1], positives[1])
         with torch.no_grad():  # in-batch retrieval, a diagnostic only (chance level once collapsed)
             target = torch.arange(len(queries[0]), device=loss.device)

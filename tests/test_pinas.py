@@ -19,7 +19,7 @@ from nni_labelfree.data import TensorImageDataset, image_source
 from nni_labelfree.search_spaces import NasBench201Space, ResNeStSpace
 from nni_labelfree.search_spaces.resnest import CANDIDATE_NAMES
 from nni_labelfree.strategies.pinas import PiNAS
-from nni_labelfree.strategies.pinas_loss import key_plan
+from nni_labelfree.strategies.pinas_loss import info_nce, key_plan
 from nni_labelfree.strategies.pinas_parts import KeyQueue, PathPairSampler
 
 pytestmark = [pytest.mark.filterwarnings('ignore:.*self.log.*'), pytest.mark.filterwarnings('ignore:.*nni.trace.*'),
@@ -422,3 +422,18 @@ def test_ddp_ranks_train_the_same_paths_and_keep_the_same_teacher_and_queue(tmp_
 if __name__ == '__main__':
     import sys
     raise SystemExit(_ddp_main(sys.argv[1]))
+
+
+def test_info_nce_equals_the_cross_entropy_over_positive_and_queue_logits():
+    generator = torch.Generator().manual_seed(0)
+    unit = lambda *shape: torch.nn.functional.normalize(torch.randn(*shape, generator=generator), dim=1)
+    query, key, queue = unit(6, 8).requires_grad_(), unit(6, 8), unit(50, 8)
+    key[:3] = query[:3].detach()  # three positives beat every negative, for the accuracy
+    loss, accuracy = info_nce(query, key, queue, 0.2)
+    logits = torch.cat([(query * key).sum(1, keepdim=True), query @ queue.t()], dim=1) / 0.2
+    expected = torch.nn.functional.cross_entropy(logits, torch.zeros(6, dtype=torch.long))
+    assert torch.allclose(loss, expected, atol=1e-6)
+    assert float(accuracy) == float((logits.argmax(1) == 0).float().mean()) >= 0.5
+    grad, = torch.autograd.grad(loss, query)
+    expected_grad, = torch.autograd.grad(expected, query)
+    assert torch.allclose(grad, expected_grad, atol=1e-6)
