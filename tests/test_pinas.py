@@ -426,7 +426,9 @@ if __name__ == '__main__':
 
 def test_info_nce_equals_the_cross_entropy_over_positive_and_queue_logits():
     generator = torch.Generator().manual_seed(0)
-    unit = lambda *shape: torch.nn.functional.normalize(torch.randn(*shape, generator=generator), dim=1)
+
+    def unit(*shape):
+        return torch.nn.functional.normalize(torch.randn(*shape, generator=generator), dim=1)
     query, key, queue = unit(6, 8).requires_grad_(), unit(6, 8), unit(50, 8)
     key[:3] = query[:3].detach()  # three positives beat every negative, for the accuracy
     loss, accuracy = info_nce(query, key, queue, 0.2)
