@@ -28,6 +28,10 @@ FLAGS = {'data': 'noise', 'channels': 4, 'cells_per_stage': 1, 'num_images': NUM
          'epochs': EPOCHS, 'seed': 5, 'accelerator': 'cpu', 'devices': 2, 'lightning_strategy': 'ddp'}
 # UnNAS (DARTS on rotation): NNI's own DDP DARTS exports a different architecture per rank (microsoft/nni#5013).
 UNNAS_FLAGS = {**FLAGS, 'strategy': 'unnas', 'task': 'rotation', 'num_images': 2 * NUM_IMAGES}
+# SGAS on unreal data (noise, random labels): an edge decided at the end of every epoch, from the synchronised alphas.
+SGAS_FLAGS = {**FLAGS, 'strategy': 'unrealnas', 'unreal_data': 'rlrn', 'algorithm': 'sgas', 'unreal_classes': 4,
+              'num_images': 2 * NUM_IMAGES, 'decision_warmup': 0, 'decision_freq': 1, 'epochs': 6}
+SCRIPT_FLAGS = {'unnas': UNNAS_FLAGS, 'sgas': SGAS_FLAGS}
 
 
 # --- the script side: one DDP search, one record per rank --------------------------------------------------------
@@ -45,8 +49,10 @@ def _recorder():
             inputs = batch['train'][0] if isinstance(batch, dict) else batch[0]  # UnNAS: {'train', 'val'} halves
             images = [hashlib.sha1(image.numpy().tobytes()).hexdigest()[:16] for image in inputs]
             path = dict(getattr(pl_module, 'last_sample', None) or {})
+            decisions = getattr(pl_module, 'decisions', None)  # SGAS: the edges decided so far
             self.steps.append({'epoch': trainer.current_epoch, 'path': path, 'images': images,
-                               'alphas': _alpha_digest(pl_module)})
+                               'alphas': _alpha_digest(pl_module),
+                               'decided': dict(decisions.decided) if decisions is not None else None})
     return PathRecorder()
 
 
@@ -60,7 +66,7 @@ def main(argv: list[str]) -> int:
     from nni_labelfree.experiment.config import resolve_config
     from nni_labelfree.experiment.search import run_search
     output = Path(argv[0])
-    flags = UNNAS_FLAGS if argv[1:] == ['unnas'] else FLAGS
+    flags = SCRIPT_FLAGS[argv[1]] if argv[1:] else FLAGS
     config = resolve_config(flags, {'output_dir': str(output)})
     recorder = _recorder()
     result = run_search(config, output, extra_callbacks=[recorder])
@@ -152,6 +158,17 @@ def test_unnas_ranks_keep_identical_alphas_and_export_the_same_genotype(tmp_path
     for epoch in range(EPOCHS):  # each rank reads its own half of each shuffled half
         seen = [{i for s in r['steps'] if s['epoch'] == epoch for i in s['images']} for r in (rank0, rank1)]
         assert seen[0] and seen[1] and not seen[0] & seen[1]
+
+
+def test_sgas_ranks_decide_the_same_edges_from_identical_alphas(tmp_path):
+    rank0, rank1 = _run_script(tmp_path / 'sgas', 'sgas')
+    assert rank0['arch'] == rank1['arch']
+    assert [s['alphas'] for s in rank0['steps']] == [s['alphas'] for s in rank1['steps']]
+    assert [s['decided'] for s in rank0['steps']] == [s['decided'] for s in rank1['steps']]
+    per_epoch = [len(next(s['decided'] for s in rank0['steps'] if s['epoch'] == e)) for e in range(6)]
+    assert per_epoch[0] == 0 and per_epoch[-1] >= 5 and per_epoch == sorted(per_epoch)  # one more edge each epoch
+    for edge, op in rank0['steps'][-1]['decided'].items():  # and the exported architecture keeps every decision
+        assert rank0['arch'][edge] == op or op == 'none'
 
 
 @pytest.mark.slow  # a second 2-process search (about 20 s on a busy 2-core machine)
