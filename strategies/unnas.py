@@ -9,6 +9,8 @@ First-order DARTS (NNI's :class:`~nni.nas.oneshot.pytorch.strategy.DARTS`, subcl
   second for the architecture parameters (UnNAS's ``PORTION: 0.5``), and each half is turned into a pretext
   dataset (:func:`nni_labelfree.data.pretext_dataset`): rotation, colorization or jigsaw; ``task='supervised'``
   keeps the true labels, the supervised DARTS control through the same code path;
+- each image is augmented once before the pretext transform, as in the paper (``augment``: random crop of the
+  zero-padded image and horizontal flip, :class:`~nni_labelfree.data.CropFlipDataset`, new crops every epoch);
 - the space's head is adapted to the task (:class:`nni_labelfree.heads.PretextNetwork`);
 - each step takes the architecture step on a batch of the second half, then the weight step on the first (UnNAS's
   order), with Adam(betas 0.5/0.999, weight decay 1e-3) for the architecture and gradient-norm clipping at 5;
@@ -27,7 +29,7 @@ from torch.utils.data import DataLoader, Subset
 from nni.nas.nn.pytorch import ModelSpace
 from nni.nas.oneshot.pytorch.strategy import DARTS
 
-from nni_labelfree.data import EpochShuffleSampler, TrueLabelDataset, pretext_dataset
+from nni_labelfree.data import CropFlipDataset, EpochShuffleSampler, TrueLabelDataset, pretext_dataset
 from nni_labelfree.heads import PRETEXT_TASKS, PretextNetwork
 from nni_labelfree.strategies.darts_base import OrderedDartsModule
 
@@ -43,6 +45,16 @@ def count_skip_connections(arch: dict) -> int:
     """Skip connections in the normal cell (labels ``normal/...``) or, for single-cell spaces, in the whole arch."""
     normal = {k: v for k, v in arch.items() if k.startswith('normal/')}
     return sum(1 for v in (normal or arch).values() if v == 'skip_connect')
+
+
+def _epoch_dependents(dataset) -> list:
+    """``dataset`` and the datasets it wraps (through ``.base``) that draw per epoch (have ``set_epoch``)."""
+    found = []
+    while dataset is not None:
+        if hasattr(dataset, 'set_epoch'):
+            found.append(dataset)
+        dataset = getattr(dataset, 'base', None)
+    return found
 
 
 class UnNASModule(OrderedDartsModule):
@@ -107,16 +119,24 @@ class UnNAS(DARTS):
         Gradient-norm clip of the weight step (UnNAS: 5).
     warmup_epochs
         Epochs before alphas start to move (UnNAS ImageNet: 1 of 2).
+    augment
+        Augment each image before the pretext transform (and the supervised control's images), as the paper does:
+        a random crop of the image zero-padded by ``min(H, W) // 8`` pixels and a horizontal flip with probability
+        1/2 (:class:`~nni_labelfree.data.CropFlipDataset`; the paper's ImageNet pipeline crops random-resized),
+        drawn anew every epoch, seeded by ``(seed + half, epoch, image)``. ``False``: the images as they come.
     """
 
     def __init__(self, task: str = 'rotation', *, seed: int = 0, task_kwargs: dict | None = None,
                  arc_learning_rate: float | None = None, gradient_clip_val: float | None = 5.0,
-                 warmup_epochs: int = 0, **kwargs: Any):
+                 warmup_epochs: int = 0, augment: bool = True, **kwargs: Any):
         if task not in PRETEXT_TASKS:
             raise ValueError(f'Unknown UnNAS task {task!r}; expected one of {", ".join(PRETEXT_TASKS)}.')
+        if not isinstance(augment, bool):
+            raise TypeError(f'UnNAS augment must be True (crop and flip each image) or False, got {augment!r}.')
         super().__init__(arc_learning_rate=arc_learning_rate or _ARC_LR[task], gradient_clip_val=gradient_clip_val,
                          warmup_epochs=warmup_epochs, **kwargs)
         self.task, self.seed, self.task_kwargs = task, int(seed), dict(task_kwargs or {})
+        self.augment = augment
         self._num_outputs: int | None = None
         self._tiles = 1
         self._module: UnNASModule | None = None
@@ -149,12 +169,14 @@ class UnNAS(DARTS):
         ``mutate_model`` when driving the strategy by hand)."""
         if not isinstance(loader, DataLoader):
             raise TypeError(f'UnNAS needs a single torch DataLoader of training images, got {type(loader).__name__}.')
-        probe = self._task_dataset(loader.dataset, self.seed)
+        probe = self._task_dataset(loader.dataset, self.seed, augment=False)
         self._num_outputs = int(probe.num_classes)
         sample = probe[0][0]
         self._tiles = int(sample.shape[0]) if self.task == 'jigsaw' else 1
 
-    def _task_dataset(self, base, seed: int):
+    def _task_dataset(self, base, seed: int, *, augment: bool | None = None):
+        if self.augment if augment is None else augment:
+            base = CropFlipDataset(base, seed)  # the crops' own stream, apart from the pretext draws of `seed`
         if self.task == 'supervised':
             return TrueLabelDataset(base, **self.task_kwargs)
         return pretext_dataset(self.task, base, seed=seed, **self.task_kwargs)
@@ -170,7 +192,7 @@ class UnNAS(DARTS):
             task_data = self._task_dataset(Subset(dataset, list(indices)), self.seed + offset)
             sampler = EpochShuffleSampler(len(task_data), self.seed + offset)
             if self._module is not None:
-                self._module.epoch_dependents += [d for d in (task_data, sampler) if hasattr(d, 'set_epoch')]
+                self._module.epoch_dependents += [*_epoch_dependents(task_data), sampler]
             loaders.append(DataLoader(task_data, batch_size=loader.batch_size, sampler=sampler, drop_last=True,
                                       num_workers=loader.num_workers, collate_fn=getattr(task_data, 'collate_fn', None)))
         return loaders[0], loaders[1]

@@ -1,14 +1,16 @@
 """UnNAS as an NNI strategy: pretext objectives through DARTS on small spaces, export, bad input."""
 import pytest
 import torch
+from pytorch_lightning import Callback
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import Subset, TensorDataset
 
 from nni.nas.evaluator.pytorch import Classification, DataLoader
 from nni.nas.experiment import NasExperiment
 from nni.nas.nn.pytorch import LayerChoice, ModelSpace
 
 from nni_labelfree.benchmarks.nasbench201 import NB201_LABELS, NB201_OPS
+from nni_labelfree.data import CropFlipDataset, EpochShuffleSampler
 from nni_labelfree.heads import PretextNetwork
 from nni_labelfree.search_spaces import NasBench201Space
 from nni_labelfree.strategies import UnNAS
@@ -76,6 +78,54 @@ def test_rotation_loss_falls_on_cifar_images(shared_data):
     assert first > 1.2 and last < 0.6 * first, (first, last)
 
 
+class RecordWeightImages(Callback):
+    """The images of every weight-half batch, per epoch (the 0-degree copies for rotation)."""
+
+    def __init__(self, task):
+        self.task, self.images = task, {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        images = batch['train'][0]
+        self.images.setdefault(trainer.current_epoch, []).append(images[::4] if self.task == 'rotation' else images)
+
+
+def _weight_images_by_index(task, augment, dataset, epochs=2):
+    """Run UnNAS for ``epochs`` and map each weight-half index to the image the network saw, per epoch."""
+    recorder = RecordWeightImages(task)
+    NasExperiment(NasBench201Space(channels=4, cells_per_stage=1), _evaluator(dataset, epochs=epochs,
+                  callbacks=[recorder]), UnNAS(task, seed=0, augment=augment)).run()
+    by_epoch = {}
+    for epoch, batches in recorder.images.items():
+        order = EpochShuffleSampler(len(dataset) // 2, seed=0)  # the weight half's order (strategy seed + 0)
+        order.set_epoch(epoch)
+        seen = torch.cat(batches)
+        by_epoch[epoch] = dict(zip(list(order)[:len(seen)], seen))
+    return by_epoch
+
+
+@pytest.mark.parametrize('task', ['rotation', 'supervised'])
+def test_augment_crops_and_flips_the_weight_half_anew_every_epoch(task):
+    dataset = _images()
+    seen = _weight_images_by_index(task, True, dataset)
+    assert sorted(seen) == [0, 1] and len(seen[0]) == 32
+    expected = CropFlipDataset(Subset(dataset, list(range(32))), seed=0)  # the weight half, strategy seed + 0
+    for epoch in (0, 1):
+        expected.set_epoch(epoch)  # the module tells the crops the epoch, so these are that epoch's crops
+        assert all(torch.equal(image, expected[i][0]) for i, image in seen[epoch].items()), epoch
+    changed = [i for i in seen[0] if not torch.equal(seen[0][i], seen[1][i])]
+    assert len(changed) >= 24, len(changed)  # the same image, other crops and flips in epoch 1
+    assert sum(not torch.equal(image, dataset[i][0]) for i, image in seen[0].items()) >= 24
+
+
+def test_augment_false_shows_the_images_as_they_come():
+    dataset = _images()
+    seen = _weight_images_by_index('rotation', False, dataset)
+    for epoch in (0, 1):
+        assert len(seen[epoch]) == 32 and all(torch.equal(image, dataset[i][0]) for i, image in seen[epoch].items())
+    with pytest.raises(TypeError, match='augment'):
+        UnNAS('rotation', augment='yes')
+
+
 class NoFeatures(ModelSpace):
     def __init__(self):
         super().__init__()
@@ -121,6 +171,7 @@ def test_cli_unnas_jigsaw_on_darts_writes_a_genotype(tmp_path):
 @pytest.mark.parametrize('flags, message', [
     (['--task', 'inpainting'], 'task'),
     (['--task', 'jigsaw', '--image-size', '8'], 'px'),
+    (['--pretext-augment', 'maybe'], 'pretext_augment'),
 ])
 def test_cli_unnas_bad_input(tmp_path, capsys, flags, message):
     from nni_labelfree.experiment.cli import main
@@ -128,3 +179,21 @@ def test_cli_unnas_bad_input(tmp_path, capsys, flags, message):
                  '--output', str(tmp_path / 'x'), *flags])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_pretext_augment_reaches_unnas_and_old_unnas_checkpoints_resume_only_without_it(tmp_path):
+    from nni_labelfree.experiment.config import resolve_config
+    from nni_labelfree.experiment.search import _build_strategy, _check_same_search
+    assert resolve_config({'strategy': 'unnas'}).pretext_augment is True
+    off = resolve_config({'strategy': 'unnas', 'pretext_augment': False})
+    assert _build_strategy(off, None, 64).augment is False
+    assert _build_strategy(resolve_config({'strategy': 'unnas'}), None, 64).augment is True
+    # A checkpoint written before the key existed: that UnNAS search did not augment.
+    saved = off.to_dict()
+    del saved['pretext_augment']
+    _check_same_search(off, saved, tmp_path / 'x.ckpt')
+    with pytest.raises(ValueError, match='pretext_augment'):
+        _check_same_search(resolve_config({'strategy': 'unnas'}), saved, tmp_path / 'x.ckpt')
+    rlnas = resolve_config({'strategy': 'rlnas'})
+    old_rlnas = {k: v for k, v in rlnas.to_dict().items() if k != 'pretext_augment'}
+    _check_same_search(rlnas, old_rlnas, tmp_path / 'x.ckpt')  # other strategies ignore the key

@@ -56,3 +56,7 @@ __all__ += ['ViewConfig', 'ViewDataset', 'ViewParams', 'augment_views', 'sample_
 from .folder_labels import labeled_image_source, with_folder_labels  # noqa: E402
 
 __all__ += ['labeled_image_source', 'with_folder_labels']
+# UnNAS's per-image augmentation before the pretext transform (pad, random crop, flip; seeded per image and epoch).
+from .crop_flip import CropFlipDataset, CropFlipParams, crop_and_flip  # noqa: E402
+
+__all__ += ['CropFlipDataset', 'CropFlipParams', 'crop_and_flip']

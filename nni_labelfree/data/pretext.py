@@ -2,7 +2,10 @@
 
 Reference: Chenxi Liu, Piotr Dollár, Kaiming He, Ross Girshick, Alan Yuille, Saining Xie, "Are Labels Necessary
 for Neural Architecture Search?", ECCV 2020. The data side follows ``pycls/datasets/prepare.py`` of
-facebookresearch/unnas as described in docs/methods.md section 2.1, minus augmentation (sources never augment).
+facebookresearch/unnas as described in docs/methods.md section 2.1. The tasks do not augment; the paper's
+augmentation of each image before its pretext transform is a wrapper of the base,
+:class:`~nni_labelfree.data.CropFlipDataset` (random crop of the zero-padded image, horizontal flip), which
+:class:`~nni_labelfree.strategies.UnNAS` puts under every task (``augment=True``, the default).
 
 Each task wraps a dataset whose items are ``(image, label)`` or a bare ``image`` (a float tensor ``[C, H, W]``,
 as :func:`nni_labelfree.data.image_source` yields), ignores the labels, and is deterministic given its seed:

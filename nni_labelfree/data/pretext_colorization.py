@@ -3,8 +3,9 @@
 Reference: Chenxi Liu et al., "Are Labels Necessary for Neural Architecture Search?", ECCV 2020, after Zhang et al.,
 "Colorful Image Colorization", ECCV 2016. As in UnNAS (``prepare_col``): the input is the L channel only,
 normalised as ``(L / 100 - mean(RGB mean)) / mean(RGB std)``; the target is the nearest of the 313 in-gamut ab bins
-for every pixel (hard assignment, no soft encoding, no class rebalancing), at the full input resolution. Sources
-never augment; a flip, if wanted, must happen in the base dataset, before the Lab conversion.
+for every pixel (hard assignment, no soft encoding, no class rebalancing), at the full input resolution. The task
+itself does not augment: crop and flip happen in the base dataset, before the Lab conversion (as UnNAS flips before
+it), which :class:`~nni_labelfree.strategies.UnNAS` does with :class:`~nni_labelfree.data.CropFlipDataset`.
 """
 from __future__ import annotations
 

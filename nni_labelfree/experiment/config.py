@@ -31,6 +31,9 @@ class SearchConfig:
     cells_per_stage: int = 1            # searchable cells per stage (NAS-Bench-201 paper: 5)
     num_cells: int = 5                  # DARTS space only: cells in all, two of them reductions (paper: 8)
     task: str = 'rotation'              # UnNAS only: rotation | colorization | jigsaw | supervised (DARTS control)
+    pretext_augment: bool = True        # UnNAS only: random crop (zero padding min(H, W) // 8) and flip of each image
+                                        # before the pretext transform, new every epoch (the paper augments);
+                                        # false: the images as they come
     arc_learning_rate: float | None = None  # UnNAS/SGAS/UnrealNAS: Adam lr of the alphas (None: the paper's value)
     # --- UnrealNAS and SGAS ------------------------------------------------------------------------------------
     unreal_data: str = 'rlgd'           # UnrealNAS: rlrd (`data` images, random labels) | rlgd (fractals) | rlrn (noise)
@@ -115,7 +118,7 @@ _CHOICES = {
     'sgas_criterion': (1, 2),
     'selection': ('auto', 'linear_eval', 'label_free'),
 }
-_BOOLS = ('resume', 'cross_path', 'mean_teacher', 'negatives')
+_BOOLS = ('resume', 'cross_path', 'mean_teacher', 'negatives', 'pretext_augment')
 _POSITIVE = ('channels', 'cells_per_stage', 'num_cells', 'image_size', 'num_classes', 'epochs', 'batch_size',
              'decision_freq')
 _NON_NEGATIVE_INTS = ('seed', 'num_workers', 'checkpoint_every', 'decision_warmup')

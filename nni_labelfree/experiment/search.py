@@ -157,7 +157,8 @@ def _pinas_queue_size(config: SearchConfig, num_images: int) -> int:
 
 def _build_strategy(config: SearchConfig, space: torch.nn.Module, num_images: int):
     if config.strategy == 'unnas':
-        return UnNAS(config.task, seed=config.seed, arc_learning_rate=config.arc_learning_rate)
+        return UnNAS(config.task, seed=config.seed, arc_learning_rate=config.arc_learning_rate,
+                     augment=config.pretext_augment)
     if config.strategy == 'sgas':
         return SGAS(**_sgas_kwargs(config))
     if config.strategy == 'unrealnas':
@@ -274,12 +275,18 @@ def _resume_point(config: SearchConfig, checkpoints: Path, rank: int) -> Path | 
     return path
 
 
+def _with_keys_added_later(saved: dict) -> dict:
+    """A saved configuration with the keys added since, set to what such a search did: UnNAS did not augment
+    (resume it with pretext_augment false); other strategies ignore the key."""
+    return {'pretext_augment': saved.get('strategy') != 'unnas', **saved}
+
+
 def _check_same_search(config: SearchConfig, saved: dict | None, path: Path) -> None:
     """Refuse to resume a checkpoint written with settings that change the result."""
     if saved is None:
         raise ValueError(f'{path} has no search configuration, so it cannot be resumed safely. Use a new --output, '
                          'or pass --resume false to start over (this deletes the checkpoints/search_epoch*.ckpt).')
-    detail = changed_settings(saved, config.to_dict(), _RESUME_FREE_KEYS)
+    detail = changed_settings(_with_keys_added_later(saved), config.to_dict(), _RESUME_FREE_KEYS)
     if detail:
         raise ValueError(f'{path} was written by a search with other settings ({detail}); resuming it would not '
                          'reproduce either search. Rerun with the original settings, use a new --output, or pass '
