@@ -276,3 +276,23 @@ def test_package_source_reads_yaml_safely_and_never_uses_a_shell():
              if 'torch.load(' in line and 'weights_only=True' not in line]
     assert not loads, loads
     assert 'yaml.safe_load' in (REPO / 'nni_labelfree' / 'experiment' / 'launcher.py').read_text()
+
+
+PINAS_FLAGS = {'strategy': 'pinas', 'data': 'noise', 'channels': 4, 'cells_per_stage': 1, 'num_images': 128,
+               'batch_size': 32, 'epochs': 6, 'queue_size': 64, 'ema_momentum': 0.99, 'num_threads': 1, 'seed': 7,
+               'evolution': '{population_size: 4, top_k: 2, num_mutation: 2, num_crossover: 2, generations: 1}'}
+
+
+@pytest.mark.slow  # two Pi-NAS searches through the CLI (its in-process resume is exact in tests/test_pinas.py)
+def test_sigkilled_pinas_search_resumes_to_the_uninterrupted_result(tmp_path):
+    reference = tmp_path / 'reference'
+    assert _search_in_process(reference, PINAS_FLAGS) == 0
+    output = tmp_path / 'out'
+    _start_and_kill_after(output, KILL_AFTER, tmp_path / 'killed.log', flags=PINAS_FLAGS)
+    done = subprocess.run([str(SCRIPT), *_argv(output, PINAS_FLAGS)], capture_output=True, text=True, timeout=300,
+                          cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert 'Resuming the search from' in done.stderr, done.stderr[-3000:]
+    _assert_same_search(output, reference)  # architecture, fitness, per-epoch contrastive metrics, student weights
+    checkpoint = torch.load(checkpoint_path(output / 'checkpoints', PINAS_FLAGS['epochs']), weights_only=True)
+    assert checkpoint['pinas']['queue']['keys'].shape[0] == PINAS_FLAGS['queue_size']
