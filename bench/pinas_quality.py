@@ -33,14 +33,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 
 from nni_labelfree.benchmarks import nasbench201 as nb
 from nni_labelfree.experiment.checkpoint import changed_settings, checkpoint_metadata, newest_valid_checkpoint
 from nni_labelfree.experiment.config import SearchConfig, resolve_config
-from nni_labelfree.experiment.search import (_RESUME_FREE_KEYS, _build_space, _build_strategy, _evaluator,
-                                             build_images, search_num_classes)
+from nni_labelfree.experiment.search import _RESUME_FREE_KEYS, build_search, with_keys_added_later
 from nni_labelfree.metrics.correlation import top_k_mean
 from nni_labelfree.selection.linear_eval import LinearEvaluator, activate_path, batch_statistics
 
@@ -86,7 +84,7 @@ def load_run_config(run: Path) -> SearchConfig:
     path = Path(run) / 'config.json'
     if not path.is_file():
         raise ValueError(f'{run} has no config.json; pass the --output folder of `nni-labelfree search`.')
-    config = resolve_config(json.loads(path.read_text()))
+    config = resolve_config(with_keys_added_later(json.loads(path.read_text())))  # as the run was: resume's rule
     if config.strategy != 'pinas' or config.space != 'nasbench201':
         raise ValueError(f'{run} holds a {config.strategy} search on {config.space}; this benchmark needs '
                          'strategy pinas on space nasbench201 (the table gives the ground truth).')
@@ -112,14 +110,9 @@ def restore_module(config: SearchConfig, run: Path) -> tuple[Any, Path]:
                                _RESUME_FREE_KEYS | {'pretext_augment'})
     if changed:
         raise ValueError(f'{path} was written with other settings than {run}/config.json ({changed}).')
-    pl.seed_everything(config.seed, workers=True, verbose=False)
-    images = build_images(config)
-    num_classes = search_num_classes(config, len(images))
-    space = _build_space(config, num_classes)
-    strategy = _build_strategy(config, space, len(images))
-    model = strategy.mutate_model(space)
-    module = strategy.mutate_evaluator(_evaluator(config, images, [], num_classes)).module
-    module.set_model(model)
+    parts = build_search(config)
+    module = parts.evaluator.module
+    module.set_model(parts.model)
     module.on_load_checkpoint(checkpoint)
     module.load_state_dict(checkpoint['state_dict'])
     return module, path

@@ -239,7 +239,8 @@ class PiNASModule(RandomSamplingLightningModule):
         source = self.val_base if self.val_base is not None else self.train_base
         if source is None or self.probe_paths is None:
             return float('nan')
-        images = probes.probe_images(source, self.strategy.probe_images)
+        seed = derive_seed(self.strategy.seed, STREAMS['probe'], 1)  # key 1: the images (the paths use the bare stream)
+        images = probes.probe_images(source, self.strategy.probe_images, seed)
         value, self.similarity_matrix = probes.cross_path_similarity(self.network, images, self.probe_paths)
         return value
 

@@ -21,8 +21,8 @@ from nni_labelfree.selection.linear_eval import HeldOutContrastive, LinearEvalua
 
 from .pinas_parts import ContrastiveNetwork, PathPairSampler, activate, supernet_modules
 
-__all__ = ['figure5_paths', 'cross_path_similarity', 'dataset_has_labels', 'probe_images', 'held_out_views',
-           'held_out_contrastive', 'build_linear_evaluator']
+__all__ = ['figure5_paths', 'cross_path_similarity', 'dataset_has_labels', 'spread_indices', 'probe_images',
+           'held_out_views', 'held_out_contrastive', 'build_linear_evaluator']
 
 _logger = logging.getLogger(__name__)
 
@@ -87,15 +87,25 @@ def _image_of(item: Any) -> torch.Tensor:
     return item[0] if isinstance(item, (tuple, list)) else item
 
 
-def probe_images(dataset: Dataset, count: int) -> torch.Tensor:
-    """The first ``count`` images of ``dataset``, stacked, un-augmented."""
-    return torch.stack([_image_of(dataset[i]) for i in range(min(count, len(dataset)))])
+def spread_indices(size: int, count: int, seed: int) -> list[int]:
+    """``min(count, size)`` distinct indices drawn at random (seeded), in ascending order.
+
+    Image sources store images in a fixed order, class by class for folders, so the first ``count`` would probe a
+    class or two; a seeded draw spreads the probe over the whole dataset."""
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
+    return sorted(order[:min(count, size)].tolist())
+
+
+def probe_images(dataset: Dataset, count: int, seed: int) -> torch.Tensor:
+    """``count`` images of ``dataset`` drawn at random (:func:`spread_indices`), stacked, un-augmented."""
+    return torch.stack([_image_of(dataset[i]) for i in spread_indices(len(dataset), count, seed)])
 
 
 def held_out_views(dataset: Dataset, count: int, seed: int, config: ViewConfig | None,
                    stats: tuple[Sequence[float] | None, Sequence[float] | None]) -> torch.Tensor:
-    """Two fixed views (epoch 0 of a seeded :class:`ViewDataset`) of the first ``count`` images: ``[N, 2, C, H, W]``."""
-    subset = Subset(dataset, range(min(count, len(dataset))))
+    """Two fixed views (epoch 0 of a seeded :class:`ViewDataset`) of ``count`` images drawn at random (seeded):
+    ``[N, 2, C, H, W]``."""
+    subset = Subset(dataset, spread_indices(len(dataset), count, seed))
     views = ViewDataset(subset, 2, seed=seed, config=config, mean=stats[0], std=stats[1])
     return torch.stack([v for v, _ in views.__getitems__(list(range(len(subset))))])
 

@@ -60,3 +60,7 @@ __all__ += ['labeled_image_source', 'with_folder_labels']
 from .crop_flip import CropFlipDataset, CropFlipParams, crop_and_flip  # noqa: E402
 
 __all__ += ['CropFlipDataset', 'CropFlipParams', 'crop_and_flip']
+# Pi-NAS's held-out selection images (a seeded split).
+from .held_out import DatasetPart, split_held_out  # noqa: E402
+
+__all__ += ['DatasetPart', 'split_held_out']

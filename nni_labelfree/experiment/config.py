@@ -53,6 +53,9 @@ class SearchConfig:
     mean_teacher: bool = True
     negatives: bool = True
     selection: str = 'auto'             # Pi-NAS: auto (linear eval if the images have labels) | linear_eval | label_free
+    held_out_fraction: float = 0.2      # Pi-NAS: share of the images held out (seeded) for the selection: the linear
+                                        # classifier is measured, and the label-free criterion and cross-path probes
+                                        # computed, on images neither the supernet nor the classifier trained on
     # --- images (labels are never read) ---------------------------------------------------------------------
     data: str = 'noise'                 # image source: cifar10 | cifar100 | imagefolder | noise
     data_root: str | None = None        # folder or .tar.gz for imagefolder; dataset root for cifar*
@@ -126,7 +129,7 @@ _NON_NEGATIVE_INTS = ('seed', 'num_workers', 'checkpoint_every', 'decision_warmu
 _FLOATS = (('learning_rate', False, True), ('momentum', False, False), ('weight_decay', False, False),
            ('min_learning_rate', False, False), ('max_minutes', True, True), ('max_flops', True, True),
            ('max_params', True, True), ('arc_learning_rate', True, True), ('temperature', False, True),
-           ('ema_momentum', False, False))
+           ('ema_momentum', False, False), ('held_out_fraction', False, False))
 
 
 def parse_value(text: str) -> Any:
@@ -208,6 +211,9 @@ def _validate(config: SearchConfig) -> None:
     if config.queue_size is not None and (isinstance(config.queue_size, bool) or not isinstance(config.queue_size, int)
                                           or config.queue_size < 1):
         raise ValueError(f'Configuration queue_size must be a positive integer or null, got {config.queue_size!r}.')
+    if not 0 <= config.held_out_fraction < 1:
+        raise ValueError(f'Configuration held_out_fraction must be in [0, 1), got {config.held_out_fraction!r}; '
+                         '0 selects on the training images themselves.')
     if not 0 <= config.ema_momentum < 1:
         raise ValueError(f'Configuration ema_momentum must be in [0, 1), got {config.ema_momentum!r}.')
     if not isinstance(config.evolution, dict):

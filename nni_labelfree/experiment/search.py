@@ -16,6 +16,7 @@ runs this function, trains the same paths on its shard of the data, and exports;
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from nni_labelfree.benchmarks.nasbench201 import NB201_LABELS, arch_to_string, load_nb201_table
-from nni_labelfree.data import labeled_image_source
+from nni_labelfree.data import labeled_image_source, split_held_out
 from nni_labelfree.experiment.checkpoint import (AtomicCheckpointIO, ResumableCheckpoint, atomic_save,
                                                  changed_settings, checkpoint_metadata, resume_candidate)
 from nni_labelfree.experiment.config import SearchConfig
@@ -42,7 +43,8 @@ from nni_labelfree.search_spaces import create_space
 from nni_labelfree.strategies import SGAS, PiNAS, RLNAS, UnNAS, UnrealNAS
 from nni_labelfree.strategies.unnas import count_skip_connections
 
-__all__ = ['run_search', 'build_images', 'SearchMetricsCallback', 'atomic_save', 'process_rank']
+__all__ = ['run_search', 'build_search', 'SearchParts', 'with_keys_added_later', 'build_images',
+           'SearchMetricsCallback', 'atomic_save', 'process_rank']
 
 _logger = logging.getLogger(__name__)
 
@@ -275,10 +277,12 @@ def _resume_point(config: SearchConfig, checkpoints: Path, rank: int) -> Path | 
     return path
 
 
-def _with_keys_added_later(saved: dict) -> dict:
+def with_keys_added_later(saved: dict) -> dict:
     """A saved configuration with the keys added since, set to what such a search did: UnNAS did not augment
-    (resume it with pretext_augment false); other strategies ignore the key."""
-    return {'pretext_augment': saved.get('strategy') != 'unnas', **saved}
+    (resume it with pretext_augment false), Pi-NAS held no images out (held_out_fraction 0); other strategies
+    ignore both keys."""
+    return {'pretext_augment': saved.get('strategy') != 'unnas',
+            'held_out_fraction': 0.0 if saved.get('strategy') == 'pinas' else SearchConfig.held_out_fraction, **saved}
 
 
 def _check_same_search(config: SearchConfig, saved: dict | None, path: Path) -> None:
@@ -286,7 +290,7 @@ def _check_same_search(config: SearchConfig, saved: dict | None, path: Path) -> 
     if saved is None:
         raise ValueError(f'{path} has no search configuration, so it cannot be resumed safely. Use a new --output, '
                          'or pass --resume false to start over (this deletes the checkpoints/search_epoch*.ckpt).')
-    detail = changed_settings(_with_keys_added_later(saved), config.to_dict(), _RESUME_FREE_KEYS)
+    detail = changed_settings(with_keys_added_later(saved), config.to_dict(), _RESUME_FREE_KEYS)
     if detail:
         raise ValueError(f'{path} was written by a search with other settings ({detail}); resuming it would not '
                          'reproduce either search. Rerun with the original settings, use a new --output, or pass '
@@ -308,21 +312,13 @@ def run_search(config: SearchConfig, output_dir: str | Path, reporter: Reporter 
     if rank == 0:
         checkpoints.mkdir(parents=True, exist_ok=True)
         config.save(out / 'config.json')
-    pl.seed_everything(config.seed, workers=True, verbose=False)
-    images = build_images(config)
-    num_classes = search_num_classes(config, len(images))
-    space = _build_space(config, num_classes)
-    strategy = _build_strategy(config, space, len(images))
     table = _load_table(config)
     metrics_cb = SearchMetricsCallback(table if config.space == 'nasbench201' else None, reporter)
     callbacks = [metrics_cb, PeriodicCheckpoint(checkpoints, config.checkpoint_every),
                  ResumableCheckpoint(checkpoints, keep=_KEEP_CHECKPOINTS, metadata={'config': config.to_dict()}),
                  *(extra_callbacks or [])]
-    evaluator = _evaluator(config, images, callbacks, num_classes)
-    if isinstance(strategy, UnNAS):
-        strategy.prepare(evaluator.train_dataloaders)  # the task head's size comes from the data
-    model = strategy.mutate_model(space)  # UnNAS returns the supernet wrapped with its pretext head
-    evaluator = strategy.mutate_evaluator(evaluator)
+    parts = build_search(config, callbacks)
+    space, model, evaluator = parts.space, parts.model, parts.evaluator
     module = evaluator.module
     if rank == 0 and (resume_from is None or not (checkpoints / 'supernet_init.pt').exists()):
         atomic_save(_supernet_params(space), checkpoints / 'supernet_init.pt')
@@ -336,11 +332,56 @@ def run_search(config: SearchConfig, output_dir: str | Path, reporter: Reporter 
     return result
 
 
-def _evaluator(config: SearchConfig, images: Dataset, callbacks: list, num_classes: int):
+@dataclasses.dataclass
+class SearchParts:
+    """One search, built and wired but not trained: what :func:`build_search` returns.
+
+    ``model`` is what the strategy trains (UnNAS wraps the supernet with its pretext head; Pi-NAS with its projection
+    head); ``evaluator`` is already mutated by the strategy, so ``evaluator.module`` is the strategy's Lightning
+    module. ``held_out_images`` is None unless the strategy selects on held-out images (Pi-NAS).
+    """
+
+    images: Dataset
+    train_images: Dataset
+    held_out_images: Dataset | None
+    num_classes: int
+    space: torch.nn.Module
+    strategy: Any
+    model: torch.nn.Module
+    evaluator: Any
+
+
+def build_search(config: SearchConfig, callbacks: list | None = None) -> SearchParts:
+    """Images, space, strategy and evaluator of the search ``config`` describes, in the order the strategy needs.
+
+    Seeds everything with ``config.seed`` first, so the same config builds the same initial supernet. Pi-NAS holds
+    ``config.held_out_fraction`` of the images out (seeded) as the evaluator's validation images, which serve its
+    selection and probes only; every other strategy gets the same images as training and validation data.
+    """
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    images = build_images(config)
+    num_classes = search_num_classes(config, len(images))
+    space = _build_space(config, num_classes)
+    train_images, held_out = images, None
+    if config.strategy == 'pinas' and config.held_out_fraction > 0:
+        train_images, held_out = split_held_out(images, config.held_out_fraction, config.seed)
+    strategy = _build_strategy(config, space, len(train_images))
+    evaluator = _evaluator(config, train_images, list(callbacks or []), num_classes, held_out)
+    if isinstance(strategy, UnNAS):
+        strategy.prepare(evaluator.train_dataloaders)  # the task head's size comes from the data
+    model = strategy.mutate_model(space)  # UnNAS returns the supernet wrapped with its pretext head
+    evaluator = strategy.mutate_evaluator(evaluator)
+    return SearchParts(images, train_images, held_out, num_classes, space, strategy, model, evaluator)
+
+
+def _evaluator(config: SearchConfig, images: Dataset, callbacks: list, num_classes: int,
+               val_images: Dataset | None = None):
     loader = DataLoader(images, batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers,
                         drop_last=len(images) > config.batch_size)
+    val_loader = loader if val_images is None else DataLoader(val_images, batch_size=config.batch_size,
+                                                              num_workers=config.num_workers)
     return sgd_classification(
-        loader, loader, num_classes=num_classes, max_epochs=config.epochs,
+        loader, val_loader, num_classes=num_classes, max_epochs=config.epochs,
         learning_rate=config.learning_rate, weight_decay=config.weight_decay, momentum=config.momentum,
         nesterov=config.nesterov, min_learning_rate=config.min_learning_rate, **_trainer_kwargs(config, callbacks))
 
