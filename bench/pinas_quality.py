@@ -106,8 +106,8 @@ def restore_module(config: SearchConfig, run: Path) -> tuple[Any, Path]:
         raise ValueError(f'{run}/checkpoints holds no readable search_epoch*.ckpt; the search did not finish an '
                          'epoch, or its checkpoints were deleted.')
     path, checkpoint = found
-    changed = changed_settings(checkpoint_metadata(checkpoint).get('config') or {}, config.to_dict(),
-                               _RESUME_FREE_KEYS | {'pretext_augment'})
+    changed = changed_settings(with_keys_added_later(checkpoint_metadata(checkpoint).get('config') or {}),
+                               config.to_dict(), _RESUME_FREE_KEYS)
     if changed:
         raise ValueError(f'{path} was written with other settings than {run}/config.json ({changed}).')
     parts = build_search(config)

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from nni.mutable import Categorical
 
+from nni_labelfree.data.held_out import spread_indices
 from nni_labelfree.data.views import ViewConfig, ViewDataset
 from nni_labelfree.selection.linear_eval import HeldOutContrastive, LinearEvaluator, batch_statistics
 
@@ -85,15 +86,6 @@ def dataset_has_labels(dataset: Dataset | None) -> bool:
 
 def _image_of(item: Any) -> torch.Tensor:
     return item[0] if isinstance(item, (tuple, list)) else item
-
-
-def spread_indices(size: int, count: int, seed: int) -> list[int]:
-    """``min(count, size)`` distinct indices drawn at random (seeded), in ascending order.
-
-    Image sources store images in a fixed order, class by class for folders, so the first ``count`` would probe a
-    class or two; a seeded draw spreads the probe over the whole dataset."""
-    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
-    return sorted(order[:min(count, size)].tolist())
 
 
 def probe_images(dataset: Dataset, count: int, seed: int) -> torch.Tensor:

@@ -61,6 +61,6 @@ from .crop_flip import CropFlipDataset, CropFlipParams, crop_and_flip  # noqa: E
 
 __all__ += ['CropFlipDataset', 'CropFlipParams', 'crop_and_flip']
 # Pi-NAS's held-out selection images (a seeded split).
-from .held_out import DatasetPart, split_held_out  # noqa: E402
+from .held_out import DatasetPart, split_held_out, spread_indices  # noqa: E402
 
-__all__ += ['DatasetPart', 'split_held_out']
+__all__ += ['DatasetPart', 'split_held_out', 'spread_indices']

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, Subset
 
 from .sources import derive_seed
 
-__all__ = ['DatasetPart', 'split_held_out']
+__all__ = ['DatasetPart', 'spread_indices', 'split_held_out']
 
 _logger = logging.getLogger(__name__)
 
@@ -29,6 +29,15 @@ class DatasetPart(Subset):
     @property
     def num_true_classes(self) -> Optional[int]:
         return getattr(self.dataset, 'num_true_classes', None)
+
+
+def spread_indices(size: int, count: int, seed: int) -> list[int]:
+    """``min(count, size)`` distinct indices of ``range(size)`` drawn at random (seeded), in ascending order.
+
+    Image sources store images in a fixed order, class by class for folders, so the first ``count`` would cover a
+    class or two; a seeded draw spreads the selection over the whole dataset."""
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
+    return sorted(order[:min(count, size)].tolist())
 
 
 def split_held_out(dataset: Dataset, fraction: float, seed: int) -> tuple[DatasetPart, DatasetPart]:
@@ -56,7 +65,8 @@ def split_held_out(dataset: Dataset, fraction: float, seed: int) -> tuple[Datase
         raise ValueError(f'Holding out {fraction:.0%} of {total} images leaves {count} held out and {total - count} '
                          'to train on; use more images or another held_out_fraction (0 selects on the training '
                          'images themselves).')
-    order = torch.randperm(total, generator=torch.Generator().manual_seed(derive_seed(seed, _HELD_OUT_STREAM)))
-    held_out, train = sorted(order[:count].tolist()), sorted(order[count:].tolist())
+    held_out = spread_indices(total, count, derive_seed(seed, _HELD_OUT_STREAM))
+    kept = set(held_out)
+    train = [i for i in range(total) if i not in kept]
     _logger.info('Held out %d of %d images for selection (seed %d).', count, total, seed)
     return DatasetPart(dataset, train), DatasetPart(dataset, held_out)
