@@ -105,6 +105,9 @@ class PiNAS(RankedOneShot, RandomOneShot):
         ``search='exhaustive'``), else :func:`~nni_labelfree.selection.evolve` with ``evolution`` keyword arguments.
     filter
         Optional ``callable(sample) -> bool`` restricting the paths trained; default the space's ``sample_filter``.
+    channels_last
+        Keep the supernet's 4-D weights and the images channels-last (default): the same arithmetic in oneDNN's
+        fastest layout on CPUs (a NAS-Bench-201 step about twice as fast here); ``False`` keeps PyTorch's default.
     """
 
     def __init__(self, *, seed: int = 0, temperature: float = 0.2, queue_size: int = 49152, momentum: float = 0.999,
@@ -117,7 +120,7 @@ class PiNAS(RankedOneShot, RandomOneShot):
                  held_out_images: int = 256, probe_images: int = 64, search: str = 'auto',
                  evolution: Mapping[str, Any] | None = None, constraint: Callable[[dict], bool] | None = None,
                  exhaustive_limit: int = 256, top_k: int = 10, filter: Callable[[dict], bool] | None = None,
-                 **kwargs: Any) -> None:
+                 channels_last: bool = True, **kwargs: Any) -> None:
         super().__init__(filter=filter, **kwargs)
         _check_settings(temperature, queue_size, momentum, embedding_dim, num_views, selection, search)
         derive_seed(seed)
@@ -136,6 +139,7 @@ class PiNAS(RankedOneShot, RandomOneShot):
         self.probe_images, self.search, self.evolution = int(probe_images), search, dict(evolution or {})
         self.constraint, self.exhaustive_limit, self.top_k = constraint, int(exhaustive_limit), int(top_k)
         self.repair: Callable[[dict, random.Random], dict] | None = None
+        self.channels_last = bool(channels_last)
         self.batch_size: int | None = None
         self._module: PiNASModule | None = None
 
@@ -155,7 +159,7 @@ class PiNAS(RankedOneShot, RandomOneShot):
             self.repair = model.repair
         supernet = super().mutate_model(model)
         return ContrastiveNetwork(supernet, self.embedding_dim, self.hidden_dim,
-                                  seed=derive_seed(self.seed, STREAMS['head']))
+                                  seed=derive_seed(self.seed, STREAMS['head']), channels_last=self.channels_last)
 
     def configure_oneshot_module(self, training_module) -> PiNASModule:
         self._module = PiNASModule(training_module, self)

@@ -33,21 +33,49 @@ def key_plan(num_views: int, cross_path: bool) -> tuple[int, int, bool]:
     return (0, 1, True) if cross_path else (1, 0, False)
 
 
+class _LogSumExpOverBank(torch.autograd.Function):
+    """``logsumexp(query @ bank.T)`` per row, and the row maximum, in one pass over ``[N, K]`` logits.
+
+    Autograd's composition keeps the logits and recomputes their exponentials in the backward pass; here the
+    forward exponentiates in place and keeps the (unnormalised) result, so the backward is one matrix product:
+    ``d lse / d query = softmax @ bank``. At the paper's 49152 keys this is most of the queue's cost on a CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, query: torch.Tensor, bank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = query @ bank.t()
+        top = weights.amax(1, keepdim=True)
+        total = weights.sub_(top).exp_().sum(1, keepdim=True)
+        ctx.save_for_backward(weights, total, query, bank)
+        lse, top = (top + total.log()).squeeze(1), top.squeeze(1)
+        ctx.mark_non_differentiable(top)
+        return lse, top
+
+    @staticmethod
+    def backward(ctx, grad_lse: torch.Tensor, grad_top: torch.Tensor) -> tuple:
+        weights, total, query, bank = ctx.saved_tensors
+        scale = grad_lse.unsqueeze(1) / total
+        grad_query = (weights @ bank) * scale if ctx.needs_input_grad[0] else None
+        grad_bank = (weights * scale).t() @ query if ctx.needs_input_grad[1] else None
+        return grad_query, grad_bank
+
+
 def info_nce(query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor,
              temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """InfoNCE of unit queries against their positive keys and a bank of negatives (Pi-NAS Eq. 4, one term).
 
     Returns the mean loss ``-log(exp(q.k/t) / (exp(q.k/t) + sum_n exp(q.n/t)))`` and the fraction of queries whose
     positive beats every negative. Both terms of a step go through one call (queries and keys stacked), so the
-    queue is read by a single matrix product; the temperature scales the queries before it and the positive is
-    combined by ``logaddexp``, so no ``[N, 1 + K]`` logits tensor is built.
+    queue is read by a single matrix product; the temperature scales the queries before it, the negatives'
+    log-sum-exp is fused (:class:`_LogSumExpOverBank`) and the positive is combined by ``logaddexp``, so no
+    ``[N, 1 + K]`` logits tensor is built and the backward pass reads the queue once more.
     """
     scaled = query / temperature
     positive = (scaled * key).sum(1)
-    negative = scaled @ negatives.t()
-    loss = torch.logaddexp(positive, torch.logsumexp(negative, dim=1)) - positive
+    negative, hardest = _LogSumExpOverBank.apply(scaled, negatives)
+    loss = torch.logaddexp(positive, negative) - positive
     with torch.no_grad():
-        accuracy = (positive > negative.max(1).values).float().mean()
+        accuracy = (positive > hardest).float().mean()
     return loss.mean(), accuracy
 
 

@@ -51,9 +51,13 @@ class ContrastiveNetwork(ModelSpace):
         Hidden width of the head; default the feature width (Pi-NAS: 2048 -> 2048 -> 128).
     seed
         Seeds the head's initialisation.
+    channels_last
+        Keep 4-D weights and images in channels-last layout (:meth:`use_channels_last`): the same arithmetic, in
+        the order oneDNN's CPU convolutions run fastest.
     """
 
-    def __init__(self, space: nn.Module, embedding_dim: int = 128, hidden_dim: int | None = None, seed: int = 0):
+    def __init__(self, space: nn.Module, embedding_dim: int = 128, hidden_dim: int | None = None, seed: int = 0,
+                 channels_last: bool = False):
         super().__init__()
         _, _, classifier = final_linear(space)
         self.space = space
@@ -66,9 +70,24 @@ class ContrastiveNetwork(ModelSpace):
             torch.manual_seed(seed)
             self.head = nn.Sequential(nn.Linear(self.feature_dim, hidden), nn.ReLU(inplace=True),
                                       nn.Linear(hidden, self.embedding_dim))
+        self.channels_last = False
+        if channels_last:
+            self.use_channels_last()
+
+    def use_channels_last(self) -> 'ContrastiveNetwork':
+        """Store every 4-D parameter and buffer channels-last and feed images that way (values unchanged).
+
+        Only the memory layout changes, so checkpoints load either way. On this project's CPUs a NAS-Bench-201
+        supernet step runs about twice as fast in this layout (``bench/pinas_step_time.py`` measures it).
+        """
+        self.to(memory_format=torch.channels_last)
+        self.channels_last = True
+        return self
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone features ``[N, feature_dim]`` of the currently activated path."""
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         if self.uses_features:
             features = self.space.features(x)
             features = features.flatten(2).mean(2) if features.dim() > 2 else features

@@ -19,7 +19,7 @@ from nni_labelfree.data import TensorImageDataset, image_source
 from nni_labelfree.search_spaces import NasBench201Space, ResNeStSpace
 from nni_labelfree.search_spaces.resnest import CANDIDATE_NAMES
 from nni_labelfree.strategies.pinas import PiNAS
-from nni_labelfree.strategies.pinas_loss import info_nce, key_plan
+from nni_labelfree.strategies.pinas_loss import _LogSumExpOverBank, info_nce, key_plan
 from nni_labelfree.strategies.pinas_parts import KeyQueue, PathPairSampler
 
 pytestmark = [pytest.mark.filterwarnings('ignore:.*self.log.*'), pytest.mark.filterwarnings('ignore:.*nni.trace.*'),
@@ -439,3 +439,13 @@ def test_info_nce_equals_the_cross_entropy_over_positive_and_queue_logits():
     grad, = torch.autograd.grad(loss, query)
     expected_grad, = torch.autograd.grad(expected, query)
     assert torch.allclose(grad, expected_grad, atol=1e-6)
+
+
+def test_fused_queue_log_sum_exp_has_the_exact_gradient_for_queries_and_bank():
+    generator = torch.Generator().manual_seed(1)
+    query = torch.randn(4, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+    bank = torch.randn(9, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+    lse, top = _LogSumExpOverBank.apply(query, bank)
+    assert torch.allclose(lse, torch.logsumexp(query @ bank.t(), 1))
+    assert torch.equal(top, (query @ bank.t()).amax(1)) and not top.requires_grad
+    assert torch.autograd.gradcheck(lambda q, b: _LogSumExpOverBank.apply(q, b)[0], (query, bank))
