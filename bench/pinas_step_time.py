@@ -32,13 +32,10 @@ from nni.nas.oneshot.pytorch.strategy import RandomOneShot
 from nni_labelfree.data import TensorImageDataset
 from nni_labelfree.data.views import ViewDataset
 from nni_labelfree.search_spaces import NasBench201Space
+from nni_labelfree.strategies.common import use_channels_last
 from nni_labelfree.strategies.pinas import PiNAS
 
 from bench.common import StepClock, emit_json
-
-
-def _channels_last_input(module, args):
-    return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
 
 
 def _fit_seconds(strategy, args, dataset, channels_last: bool = False) -> float:
@@ -53,8 +50,7 @@ def _fit_seconds(strategy, args, dataset, channels_last: bool = False) -> float:
                                enable_model_summary=False, accelerator='cpu', callbacks=[clock])
     network = strategy.mutate_model(space)
     if channels_last:
-        network.to(memory_format=torch.channels_last)
-        network.register_forward_pre_hook(_channels_last_input)
+        use_channels_last(network)
     strategy.mutate_evaluator(evaluator).evaluate(network)
     return clock.step_seconds()
 

@@ -10,9 +10,28 @@ import torch
 from nni.nas.oneshot.pytorch.strategy import OneShotStrategy
 from nni.nas.space import RawFormatModelSpace
 
-__all__ = ['RankedOneShot', 'ranked_models', 'rng_state_to_plain', 'rng_state_from_plain']
+__all__ = ['RankedOneShot', 'ranked_models', 'rng_state_to_plain', 'rng_state_from_plain', 'use_channels_last']
 
 _logger = logging.getLogger(__name__)
+
+
+def _channels_last_input(module: torch.nn.Module, args: tuple) -> tuple:
+    return tuple(a.contiguous(memory_format=torch.channels_last) if torch.is_tensor(a) and a.dim() == 4 else a
+                 for a in args)
+
+
+def use_channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """Store ``model``'s 4-D parameters and buffers channels-last and feed it 4-D inputs that way, in place.
+
+    Only memory layout changes (values, state dicts and checkpoints are the same in either layout); oneDNN's CPU
+    convolutions run about twice as fast on a NAS-Bench-201 supernet in this layout (``bench/step_time.py``,
+    ``bench/pinas_step_time.py``). The input conversion is a forward pre-hook on ``model``, registered once.
+    """
+    model.to(memory_format=torch.channels_last)
+    if not getattr(model, '_channels_last_hooked', False):
+        model.register_forward_pre_hook(_channels_last_input)
+        model._channels_last_hooked = True
+    return model
 
 
 def ranked_models(strategy: OneShotStrategy, limit: int | None = 1) -> Iterator[RawFormatModelSpace]:

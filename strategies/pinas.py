@@ -183,6 +183,12 @@ class PiNAS(RankedOneShot, RandomOneShot):
         if len(dataset) < batch:
             raise ValueError(f'PiNAS drops incomplete batches, and {len(dataset)} images give none of {batch}; use '
                              'more images or a smaller batch size.')
+        if self.negatives and self.queue_size >= len(dataset) // 2:
+            _logger.warning('PiNAS: queue_size=%d keys for %d training images: each image\'s own earlier key sits in '
+                            'the queue as a negative most of the time, and a queue of half the images kept the '
+                            'contrastive loss near chance here (README, Pi-NAS quality). About 8%% of the images '
+                            '(MoCo on CIFAR-10: 4096 of 50,000), in whole batches, learned better.',
+                            self.queue_size, len(dataset))
         sampler = EpochShuffleSampler(len(dataset), self.seed)
         self.batch_size = batch
         if self._module is not None:

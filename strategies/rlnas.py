@@ -34,7 +34,7 @@ from nni_labelfree.data import EpochShuffleSampler, RandomLabelDataset
 from nni_labelfree.metrics.angle import AnglePolicy, angle_scorer, parameter_snapshot, plain_architecture
 from nni_labelfree.selection import evolve
 
-from .common import RankedOneShot, rng_state_from_plain, rng_state_to_plain
+from .common import RankedOneShot, rng_state_from_plain, rng_state_to_plain, use_channels_last
 
 __all__ = ['RLNAS', 'RLNASModule', 'EpochShuffleSampler']
 
@@ -220,6 +220,9 @@ class RLNAS(RankedOneShot, RandomOneShot):
     filter
         Optional ``callable(sample) -> bool`` restricting the paths trained; defaults to the space's
         ``sample_filter`` if it has one (NAS-Bench-201: every node keeps an input that is not ``none``).
+    channels_last
+        Keep the supernet's 4-D weights and its images channels-last (default; :func:`.use_channels_last`): the same
+        arithmetic in oneDNN's fastest CPU layout, about twice as fast here; ``False`` keeps PyTorch's default.
 
     Notes
     -----
@@ -233,7 +236,8 @@ class RLNAS(RankedOneShot, RandomOneShot):
                  angle_policy: AnglePolicy | Mapping[str, str] | None = None, path_aware: bool | None = None,
                  search: str = 'auto', evolution: Mapping[str, Any] | None = None,
                  constraint: Callable[[dict], bool] | None = None, exhaustive_limit: int = 100_000,
-                 top_k: int = 100, filter: Callable[[dict], bool] | None = None, **kwargs: Any) -> None:
+                 top_k: int = 100, filter: Callable[[dict], bool] | None = None, channels_last: bool = True,
+                 **kwargs: Any) -> None:
         super().__init__(filter=filter, **kwargs)
         if search not in _SEARCH_MODES:
             raise ValueError(f'RLNAS: search={search!r} is not one of {_SEARCH_MODES}.')
@@ -252,6 +256,7 @@ class RLNAS(RankedOneShot, RandomOneShot):
         self.constraint = constraint
         self.exhaustive_limit = exhaustive_limit
         self.top_k = top_k
+        self.channels_last = bool(channels_last)
         self._module: RLNASModule | None = None
 
     # -- model and evaluator ------------------------------------------------------------------------------------
@@ -273,7 +278,8 @@ class RLNAS(RankedOneShot, RandomOneShot):
         defaults = getattr(model, 'angle_policy_defaults', None)
         if not self._policy_given and defaults:
             self.angle_policy = AnglePolicy(**defaults)
-        return super().mutate_model(model)
+        supernet = super().mutate_model(model)
+        return use_channels_last(supernet) if self.channels_last else supernet
 
     def configure_oneshot_module(self, training_module) -> RLNASModule:
         self._module = RLNASModule(training_module, self)

@@ -5,7 +5,7 @@ import torch
 
 from nni_labelfree.data import DatasetPart, TensorImageDataset, split_held_out
 from nni_labelfree.experiment.config import resolve_config
-from nni_labelfree.experiment.search import build_search, with_keys_added_later
+from nni_labelfree.experiment.search import _pinas_queue_size, build_search, with_keys_added_later
 from nni_labelfree.strategies.pinas_probes import probe_images, spread_indices
 
 
@@ -58,3 +58,28 @@ def test_pinas_searches_from_before_the_split_resume_as_they_ran():
     assert with_keys_added_later(old)['held_out_fraction'] == 0.0
     assert with_keys_added_later({'strategy': 'rlnas'})['held_out_fraction'] == 0.2
     assert with_keys_added_later({**old, 'held_out_fraction': 0.3})['held_out_fraction'] == 0.3
+    # their default queue held half the images; an explicit queue_size never depended on the fraction
+    assert with_keys_added_later(old)['queue_fraction'] == 0.5
+    assert with_keys_added_later({**old, 'queue_size': 64})['queue_fraction'] == 0.08
+    assert with_keys_added_later({'strategy': 'rlnas'})['queue_fraction'] == 0.08
+
+
+@pytest.mark.parametrize('images, fraction, batch, expected', [
+    (2000, 0.08, 64, 128),     # 1,600 training images (20% held out): 128 keys, two batches
+    (1000, 0.08, 64, 64),      # 800 training images: 64 keys rounds down to one batch
+    (200, 0.08, 64, 64),       # fewer than one batch's worth: still one batch
+    (2000, 0.5, 64, 768),      # the rule before queue_fraction existed
+    (1_000_000, 0.08, 256, 49152),  # capped at the paper's queue
+])
+def test_default_pinas_queue_is_a_fraction_of_the_training_images_in_whole_batches(images, fraction, batch, expected):
+    config = resolve_config({'strategy': 'pinas', 'data': 'noise', 'channels': 4, 'num_images': images,
+                             'batch_size': batch, 'queue_fraction': fraction})
+    assert _pinas_queue_size(config, int(images * 0.8)) == expected
+
+
+def test_queue_fraction_outside_zero_to_one_is_refused_with_its_meaning():
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match='queue_fraction must be in \\(0, 1\\].*queue_size is null'):
+            resolve_config({'strategy': 'pinas', 'queue_fraction': bad})
+    with pytest.raises(ValueError, match='queue_fraction must be non-negative, got -0.1'):
+        resolve_config({'strategy': 'pinas', 'queue_fraction': -0.1})

@@ -45,9 +45,11 @@ class SearchConfig:
     decision_freq: int = 5              # SGAS: epochs between decisions (SGAS paper: 5)
     # --- Pi-NAS -----------------------------------------------------------------------------------------------
     temperature: float = 0.2            # InfoNCE temperature (paper: 0.2)
-    queue_size: int | None = None       # negatives' queue (paper: 49152); None: the paper's, capped at half the
-                                        # images and rounded down to a multiple of batch_size (a queue longer than
-                                        # the data holds each image's own key as a negative)
+    queue_size: int | None = None       # negatives' queue (paper: 49152); None: queue_fraction of the training
+                                        # images in whole batches (at least one, at most the paper's 49152)
+    queue_fraction: float = 0.08        # Pi-NAS, with queue_size null: queue length / training images (MoCo on
+                                        # CIFAR-10: 4096 / 50,000; a longer queue holds each image's own earlier key
+                                        # as a negative, and at 0.5 the contrastive loss did not fall, README)
     ema_momentum: float = 0.999         # mean teacher's EMA momentum (paper: 0.999)
     cross_path: bool = True             # ablations (paper Table 7): cross-path keys, mean teacher, queue negatives
     mean_teacher: bool = True
@@ -129,7 +131,7 @@ _NON_NEGATIVE_INTS = ('seed', 'num_workers', 'checkpoint_every', 'decision_warmu
 _FLOATS = (('learning_rate', False, True), ('momentum', False, False), ('weight_decay', False, False),
            ('min_learning_rate', False, False), ('max_minutes', True, True), ('max_flops', True, True),
            ('max_params', True, True), ('arc_learning_rate', True, True), ('temperature', False, True),
-           ('ema_momentum', False, False), ('held_out_fraction', False, False))
+           ('ema_momentum', False, False), ('held_out_fraction', False, False), ('queue_fraction', False, False))
 
 
 def parse_value(text: str) -> Any:
@@ -211,6 +213,9 @@ def _validate(config: SearchConfig) -> None:
     if config.queue_size is not None and (isinstance(config.queue_size, bool) or not isinstance(config.queue_size, int)
                                           or config.queue_size < 1):
         raise ValueError(f'Configuration queue_size must be a positive integer or null, got {config.queue_size!r}.')
+    if not 0 < config.queue_fraction <= 1:
+        raise ValueError(f'Configuration queue_fraction must be in (0, 1], got {config.queue_fraction!r}; it sizes '
+                         'the Pi-NAS queue as a share of the training images when queue_size is null.')
     if not 0 <= config.held_out_fraction < 1:
         raise ValueError(f'Configuration held_out_fraction must be in [0, 1), got {config.held_out_fraction!r}; '
                          '0 selects on the training images themselves.')

@@ -151,10 +151,12 @@ def _sgas_kwargs(config: SearchConfig) -> dict[str, Any]:
 
 
 def _pinas_queue_size(config: SearchConfig, num_images: int) -> int:
-    """The configured queue, or the paper's 49152 capped at half the images in whole batches (at least one)."""
+    """The configured queue, or ``queue_fraction`` of the training images in whole batches: at least one batch, at
+    most the paper's 49152."""
     if config.queue_size is not None:
         return config.queue_size
-    return max(config.batch_size, min(49152, num_images // 2) // config.batch_size * config.batch_size)
+    keys = min(49152, int(config.queue_fraction * num_images))
+    return max(config.batch_size, keys // config.batch_size * config.batch_size)
 
 
 def _build_strategy(config: SearchConfig, space: torch.nn.Module, num_images: int):
@@ -279,10 +281,13 @@ def _resume_point(config: SearchConfig, checkpoints: Path, rank: int) -> Path | 
 
 def with_keys_added_later(saved: dict) -> dict:
     """A saved configuration with the keys added since, set to what such a search did: UnNAS did not augment
-    (resume it with pretext_augment false), Pi-NAS held no images out (held_out_fraction 0); other strategies
-    ignore both keys."""
+    (resume it with pretext_augment false), Pi-NAS held no images out (held_out_fraction 0) and sized a default
+    queue at half the images (queue_fraction 0.5); other strategies ignore these keys."""
+    pinas = saved.get('strategy') == 'pinas'
     return {'pretext_augment': saved.get('strategy') != 'unnas',
-            'held_out_fraction': 0.0 if saved.get('strategy') == 'pinas' else SearchConfig.held_out_fraction, **saved}
+            'held_out_fraction': 0.0 if pinas else SearchConfig.held_out_fraction,
+            'queue_fraction': 0.5 if pinas and saved.get('queue_size') is None else SearchConfig.queue_fraction,
+            **saved}
 
 
 def _check_same_search(config: SearchConfig, saved: dict | None, path: Path) -> None:
