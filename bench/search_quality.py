@@ -84,7 +84,7 @@ def main() -> None:
     from nni_labelfree.experiment.trial import parse_set_flags
     overrides = {'data': args.data, 'seed': args.seed, 'max_minutes': args.minutes, 'epochs': 100000,
                  'num_images': args.num_images, 'channels': 16, 'cells_per_stage': 1, 'learning_rate': 0.1,
-                 'weight_decay': 0.0, 'search': 'exhaustive'}
+                 'weight_decay': 0.0, 'search': 'exhaustive', 'resume': False}  # a rerun starts over
     if args.data == 'imagefolder':
         overrides['data_root'] = str(SHARED / 'images' / 'cifar10_jpeg.tar.gz')
     config = resolve_config(overrides, parse_set_flags(args.set_flags))
