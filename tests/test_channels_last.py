@@ -50,3 +50,17 @@ def test_rlnas_and_pinas_supernets_are_channels_last_by_default_and_can_opt_out(
         wide = [p for p in _conv_weights(on) if p.shape[2] > 1]
         assert wide and all(p.is_contiguous(memory_format=torch.channels_last) for p in wide)
         assert all(p.is_contiguous() for p in _conv_weights(off))
+
+
+def test_search_config_sets_the_layout_and_a_layout_change_does_not_block_resume():
+    from nni_labelfree.experiment.config import resolve_config
+    from nni_labelfree.experiment.search import _RESUME_FREE_KEYS, build_search
+    for strategy in ('rlnas', 'pinas'):
+        for layout in (True, False):
+            config = resolve_config({'strategy': strategy, 'data': 'noise', 'channels': 4, 'num_images': 40,
+                                     'batch_size': 8, 'channels_last': layout})
+            parts = build_search(config)
+            assert parts.strategy.channels_last is layout
+            wide = [p for p in _conv_weights(parts.model) if p.shape[2] > 1]
+            assert all(p.is_contiguous(memory_format=torch.channels_last) is layout for p in wide)
+    assert 'channels_last' in _RESUME_FREE_KEYS

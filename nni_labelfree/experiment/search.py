@@ -53,7 +53,7 @@ Reporter = Callable[[dict], None]
 
 # Settings that may change between an interrupted run and its resumption without changing the result.
 _RESUME_FREE_KEYS = frozenset({'output_dir', 'resume', 'num_threads', 'num_workers', 'max_minutes',
-                               'checkpoint_every'})
+                               'checkpoint_every', 'channels_last'})  # memory layout: the same weights either way
 _KEEP_CHECKPOINTS = 2
 
 
@@ -174,12 +174,13 @@ def _build_strategy(config: SearchConfig, space: torch.nn.Module, num_images: in
         return PiNAS(seed=config.seed, temperature=config.temperature, queue_size=_pinas_queue_size(config, num_images),
                      momentum=config.ema_momentum, cross_path=config.cross_path, mean_teacher=config.mean_teacher,
                      negatives=config.negatives, selection=config.selection, search=config.search,
-                     evolution=config.evolution, constraint=constraint)
+                     evolution=config.evolution, constraint=constraint, channels_last=config.channels_last)
     chosen = {'fixed': config.angle_fixed, 'pool': config.angle_pool, 'skip': config.angle_skip}
     policy = AnglePolicy(**{**getattr(space, 'angle_policy_defaults', {}),
                             **{k: v for k, v in chosen.items() if v is not None}})
     return RLNAS(num_classes=config.num_classes, label_mode=config.label_mode, seed=config.seed,
-                 angle_policy=policy, search=config.search, evolution=config.evolution, constraint=constraint)
+                 angle_policy=policy, search=config.search, evolution=config.evolution, constraint=constraint,
+                 channels_last=config.channels_last)
 
 
 class SearchMetricsCallback(EpochHistory):
