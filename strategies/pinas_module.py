@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch.nn import functional as F
@@ -23,6 +23,9 @@ from nni_labelfree.heads import final_linear
 from .pinas_loss import CollapseMonitor, consistency_loss, embedding_spread, info_nce, key_plan
 from .pinas_parts import ContrastiveNetwork, KeyQueue, PathPairSampler, PathwiseEMA, activate, supernet_modules
 from . import pinas_probes as probes
+
+if TYPE_CHECKING:  # the strategy imports this module
+    from .pinas import PiNAS
 
 __all__ = ['PiNASModule']
 

@@ -26,8 +26,7 @@ import nni.tools.nnictl.config_utils as nnictl_config_utils
 import nni.tools.nnictl.nnictl_utils as nnictl_utils
 
 from nni_labelfree.experiment import cli, launcher
-from nni_labelfree.experiment.launcher_chain import (build_retrain_config, prepare_retrain, retrain_config_dict,
-                                                     search_architectures)
+from nni_labelfree.experiment.launcher_chain import prepare_retrain, retrain_config_dict, search_architectures
 from nni_labelfree.experiment.launcher_summary import COMBINED_COLUMNS, RETRAIN_COLUMNS, SUMMARY_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
