@@ -266,6 +266,25 @@ def _bn_block(values: dict[str, np.ndarray], truth: np.ndarray, groups: np.ndarr
     return {'cells': count, **stats}
 
 
+def exports(module, table) -> dict[str, dict[str, Any]]:
+    """The cell the strategy's own search exports with each selection criterion, on the restored supernet.
+
+    ``PiNAS.select`` runs as at the end of the search (the run's evolution settings and seed); with the run's own
+    criterion it reproduces the run's export, with the other it shows what that choice would have exported.
+    """
+    found, saved = {}, module.strategy.selection
+    try:
+        for selection in ('linear_eval', 'label_free'):
+            module.strategy.selection, module.search_result = selection, None
+            arch = module.export()
+            row = nb.arch_to_op_indices(arch)
+            found[selection] = {'nb201_string': nb.arch_to_string(arch), 'fitness': float(module.search_result[0][1]),
+                                'cifar10_test': float(table.accuracies(row[None])[0])}
+    finally:
+        module.strategy.selection, module.search_result = saved, None
+    return found
+
+
 def run(run_dir: Path, count: int, seed: int, bn_controls: int = 80) -> dict[str, Any]:
     """Restore the run, score ``count`` sampled cells (the first ``bn_controls`` also without recalibration) and
     summarise; returns the JSON-ready result."""
@@ -284,6 +303,7 @@ def run(run_dir: Path, count: int, seed: int, bn_controls: int = 80) -> dict[str
         values.update(more, bn_recalibrated=values['linear_eval'][:bn_controls])  # the same evaluator, recalibrated
         seconds.update(more_seconds)
     all_idx = nb.all_op_indices()
+    exported = exports(module, table)
     return {
         'run': str(run_dir), 'checkpoint': checkpoint.name, 'sample': count, 'seed': seed,
         'config': {k: getattr(config, k) for k in ('data', 'num_images', 'channels', 'cells_per_stage', 'batch_size',
@@ -291,6 +311,7 @@ def run(run_dir: Path, count: int, seed: int, bn_controls: int = 80) -> dict[str
         'trained': {'epochs': len(module.history), 'steps': module.steps, 'final_epoch': module.history[-1]},
         'settings': {k: v for k, v in info.items() if k != 'seconds'},
         'run_top_rescored': check,
+        'exports': exported,
         'sample_table_acc': _sample_accuracy(table, op_idx, truth),
         'criteria': {k: criterion_stats(values[k], truth, groups) for k in SCORES},
         'bn_recalibration': _bn_block(values, truth, groups),
@@ -321,6 +342,9 @@ def format_table(result: dict[str, Any]) -> str:
         whole = result['rules_whole_space'][name]['tau']
         lines.append(f'| rule: {name} | {s["tau"]:.3f} (space {whole:.3f}) | {s["tau_within_size"]:.3f} | '
                      f'{s["top1_acc"]:.2f} | - | - |')
+    for selection, cell in result['exports'].items():
+        lines.append(f'| exported with {selection} | {cell["nb201_string"]} | - | {cell["cifar10_test"]:.2f} | - | '
+                     f'fitness {cell["fitness"]:.4g} |')
     acc, wall = result['sample_table_acc'], result['wall_seconds']
     lines.append(f'\nsample of {result["sample"]} (seed {result["seed"]}): best {acc["best"]:.2f} (top '
                  f'{100 * acc["best_rank_in_space"]:.2f}% of the space), median {acc["median"]:.2f}, '

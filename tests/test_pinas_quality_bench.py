@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from bench import pinas_quality
+from nni_labelfree.benchmarks import nasbench201 as nb
 from nni_labelfree.benchmarks.nasbench201 import NB201_NUM_CELLS, flat_index
 from nni_labelfree.experiment import cli
 
@@ -73,3 +74,6 @@ def test_a_finished_search_is_rebuilt_exactly_and_scores_a_sample(tmp_path):
         assert set(result['criteria'][name]) >= {'tau', 'tau_within_size', 'top1_acc'}
     assert set(result['rules']) == {'convs_on_valid_paths', 'params_on_valid_paths', 'op_type_order'}
     assert 'pinas: linear_eval' in pinas_quality.format_table(result)
+    ran = json.loads((tmp_path / 'arch.json').read_text())  # the run's own criterion exports the run's own cell
+    assert result['exports'][ran['selection']]['nb201_string'] == nb.arch_to_string(ran['arch'])
+    assert set(result['exports']) == {'linear_eval', 'label_free'}
