@@ -13,7 +13,8 @@ multiply-adds forward and again backward, so a smaller queue is timed too. Targe
 Pi-NAS keeps its supernet channels-last by default (``PiNAS(channels_last=True)``), which NNI's ``RandomOneShot``
 does not do. Two baselines are therefore timed: ``RandomOneShot`` as NNI ships it (what a user switching strategy
 compares against) and ``RandomOneShot channels_last`` (the same layout, so the ratio is the algorithm's own
-overhead); ``--contiguous`` also times Pi-NAS in PyTorch's default layout.
+overhead); ``--contiguous`` also times Pi-NAS in PyTorch's default layout, ``--teacher-precision bfloat16`` with
+its key passes under bf16 autocast (``PiNAS(teacher_precision='bfloat16')``).
 
     python -m bench.pinas_step_time --channels 16 --cells 1 --batch 64 --steps 20 --rounds 3 --queues 49152,4096
 """
@@ -91,6 +92,8 @@ def main() -> None:
                         help='Pi-NAS queue sizes to time, comma-separated (paper: 49152)')
     parser.add_argument('--contiguous', action='store_true',
                         help='also time Pi-NAS with the first queue size in PyTorch\'s default layout')
+    parser.add_argument('--teacher-precision', default=None, choices=('bfloat16', 'float16'),
+                        help='also time Pi-NAS (first queue size) with its key passes in this autocast precision')
     parser.add_argument('--threads', type=int, default=1, help='torch threads (the reported numbers: 1)')
     parser.add_argument('--out', default=None)
     args = parser.parse_args()
@@ -107,6 +110,10 @@ def main() -> None:
     if args.contiguous:
         makers.append((f'PiNAS queue {queues[0]} contiguous',
                        lambda seed: PiNAS(seed=seed, queue_size=queues[0], channels_last=False), False))
+    if args.teacher_precision:
+        makers.append((f'PiNAS queue {queues[0]} teacher {args.teacher_precision}',
+                       lambda seed: PiNAS(seed=seed, queue_size=queues[0], teacher_precision=args.teacher_precision),
+                       False))
     times: dict[str, list[float]] = {name: [] for name, _, _ in makers}
     for round_index in range(args.rounds + 1):  # round 0 warms up
         for name, make, channels_last in makers:

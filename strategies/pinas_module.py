@@ -34,6 +34,10 @@ _logger = logging.getLogger(__name__)
 STREAMS = {'queue': 0x5155, 'head': 0x4844, 'probe': 0x5052, 'eval': 0x4556, 'views': 0x5657, 'shuffle': 0x5342}
 
 
+# teacher_precision -> autocast dtype of the key passes (None: plain float32)
+TEACHER_PRECISIONS = {'float32': None, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+
+
 class PiNASModule(RandomSamplingLightningModule):
     """The Lightning module behind :class:`PiNAS`: the contrastive step, the teacher, the queue, the probes.
 
@@ -122,9 +126,14 @@ class PiNASModule(RandomSamplingLightningModule):
         network = self.teacher if self.teacher is not None else self.network
         network.train()
         activate(self._switches['teacher' if self.teacher is not None else 'student'], path)
+        dtype = TEACHER_PRECISIONS[self.strategy.teacher_precision]
+        with torch.autocast(images.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            return F.normalize(self._key_features(network, images).float(), dim=1)
+
+    def _key_features(self, network: ContrastiveNetwork, images: torch.Tensor) -> torch.Tensor:
         groups = min(self.strategy.key_bn_groups, len(images) // 2)
         if groups <= 1:
-            return F.normalize(network(images), dim=1)
+            return network(images)
         # Shuffle-BN on one process (MoCo): keys are normalised over random sub-batches, so their batch statistics
         # differ from the queries' and the positive cannot be found by a shared batch signature.
         generator = torch.Generator().manual_seed(derive_seed(self.strategy.seed, STREAMS['shuffle'], self.steps))
@@ -132,7 +141,7 @@ class PiNASModule(RandomSamplingLightningModule):
         keys = torch.empty(len(images), self.network.embedding_dim, device=images.device)
         for part in order.chunk(groups):
             keys[part] = network(images[part]).to(keys)
-        return F.normalize(keys, dim=1)
+        return keys
 
     def _keys(self, paths: tuple[dict, dict], views: torch.Tensor, ran: tuple[list, list]) -> tuple:
         """``(k_i, k_j)``: EMA on ``P_i``'s modules, key through ``P_i``; then the same for ``P_j`` (paper order)."""

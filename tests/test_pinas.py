@@ -153,6 +153,22 @@ def test_teacher_follows_the_pathwise_ema_exactly_and_never_gets_gradients(make_
     assert any(p.grad is not None for p in student.parameters())
 
 
+def test_bfloat16_key_passes_give_float32_keys_close_to_the_float32_ones():
+    keys = {}
+    for precision in ('float32', 'bfloat16'):
+        strategy = PiNAS(teacher_precision=precision, **SMALL)
+        _, lightning, module = _driven(strategy, _nb201())
+        views = module._views(next(iter(lightning.train_dataloaders)))
+        path = module.sampler.pair()[0]
+        keys[precision] = module._key(path, views[:, 0])
+        assert all(p.dtype == torch.float32 for p in module.teacher.parameters())  # the EMA stays float32
+    fp32, bf16 = keys['float32'], keys['bfloat16']
+    assert bf16.dtype == torch.float32 and torch.allclose(bf16.norm(dim=1), torch.ones(len(bf16)), atol=1e-5)
+    cosines = (fp32 * bf16).sum(1)
+    assert not torch.equal(fp32, bf16)  # the key pass did run in reduced precision
+    assert cosines.min() > 0.99, cosines.min()
+
+
 # -- the queue ------------------------------------------------------------------------------------------------------
 def test_key_queue_is_first_in_first_out():
     queue = KeyQueue(10, 4, seed=0)
@@ -361,7 +377,8 @@ def test_bad_input_is_refused_with_the_fix():
         strategy.mutate_evaluator(_evaluator(_images(), batch=1))
     for kwargs, message in ((dict(temperature=0), 'temperature'), (dict(num_views=3), 'num_views'),
                             (dict(selection='best'), 'selection'), (dict(momentum=1.5), 'momentum'),
-                            (dict(key_bn_groups=0), 'key_bn_groups')):
+                            (dict(key_bn_groups=0), 'key_bn_groups'),
+                            (dict(teacher_precision='int8'), 'teacher_precision=.int8. is not one of')):
         with pytest.raises(ValueError, match=message):
             PiNAS(**kwargs)
     strategy = PiNAS(**{**SMALL, 'selection': 'linear_eval'})

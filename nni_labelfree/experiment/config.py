@@ -51,6 +51,8 @@ class SearchConfig:
                                         # CIFAR-10: 4096 / 50,000; a longer queue holds each image's own earlier key
                                         # as a negative, and at 0.5 the contrastive loss did not fall, README)
     ema_momentum: float = 0.999         # mean teacher's EMA momentum (paper: 0.999)
+    teacher_precision: str = 'float32'  # Pi-NAS key passes: float32 | bfloat16 (autocast; faster on AVX512-BF16
+                                        # CPUs) | float16 (GPUs); the paper trains in fp16
     cross_path: bool = True             # ablations (paper Table 7): cross-path keys, mean teacher, queue negatives
     mean_teacher: bool = True
     negatives: bool = True
@@ -124,6 +126,7 @@ _CHOICES = {
     'algorithm': ('darts', 'sgas'),
     'sgas_criterion': (1, 2),
     'selection': ('auto', 'linear_eval', 'label_free'),
+    'teacher_precision': ('float32', 'bfloat16', 'float16'),
 }
 _BOOLS = ('resume', 'cross_path', 'mean_teacher', 'negatives', 'pretext_augment', 'channels_last')
 _POSITIVE = ('channels', 'cells_per_stage', 'num_cells', 'image_size', 'num_classes', 'epochs', 'batch_size',
