@@ -42,7 +42,7 @@ from nni_labelfree.selection.linear_eval import activate_path, recalibrated_bn
 from nni_labelfree.strategies import pinas_probes as probes
 
 from bench.common import emit_json
-from bench.pinas_quality import (_arch, _selection_fitness, criterion_stats, load_run_config, restore_module,
+from bench.pinas_quality import (_selection_fitness, criterion_stats, load_run_config, restore_module,
                                  sample_cells, score_cells)
 
 __all__ = ['parse_args', 'fit_probe', 'knn_accuracy', 'feature_scorers', 'linear_scorers', 'label_free_scorers',
