@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 import time
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytorch_lightning as pl
 
-__all__ = ['StepClock', 'emit_json']
+__all__ = ['StepClock', 'emit_json', 'run_quality_bench']
 
 
 class StepClock(pl.Callback):
@@ -33,3 +35,20 @@ def emit_json(result: Any, out: str | Path | None) -> None:
     print(text)
     if out:
         Path(out).write_text(text + '\n')
+
+
+def run_quality_bench(name: str, compute: Callable[[], Any], out: str | Path | None,
+                      table: Callable[[Any], str]) -> None:
+    """A quality benchmark's main body: INFO logging, one torch thread, a ``ValueError`` ends the program with
+    ``name: message``, then the JSON result (printed and written to ``out``) and its table."""
+    import torch
+
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
+    warnings.filterwarnings('ignore')
+    torch.set_num_threads(1)
+    try:
+        result = compute()
+    except ValueError as err:
+        raise SystemExit(f'{name}: {err}') from err
+    emit_json(result, out)
+    print(table(result))

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -41,7 +40,7 @@ from nni_labelfree.benchmarks import nasbench201 as nb
 from nni_labelfree.selection.linear_eval import activate_path, recalibrated_bn
 from nni_labelfree.strategies import pinas_probes as probes
 
-from bench.common import emit_json
+from bench.common import run_quality_bench
 from bench.pinas_quality import (_selection_fitness, criterion_stats, load_run_config, restore_module,
                                  sample_cells, score_cells)
 
@@ -230,15 +229,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
-    warnings.filterwarnings('ignore')
-    torch.set_num_threads(1)
-    try:
-        result = run(args.run, args.sample, args.seed, args.view_seeds, args.exports)
-    except ValueError as err:
-        raise SystemExit(f'bench.pinas_criterion_noise: {err}') from err
-    emit_json(result, args.out)
-    print(format_table(result))
+    run_quality_bench('bench.pinas_criterion_noise', lambda: run(args.run, args.sample, args.seed, args.view_seeds, args.exports), args.out, format_table)
 
 
 if __name__ == '__main__':

@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -42,7 +41,7 @@ from nni_labelfree.experiment.search import _RESUME_FREE_KEYS, build_search, wit
 from nni_labelfree.metrics.correlation import top_k_mean
 from nni_labelfree.selection.linear_eval import LinearEvaluator, activate_path, batch_statistics
 
-from bench.common import emit_json
+from bench.common import run_quality_bench
 from bench.search_quality import _stats, rule_metrics
 
 __all__ = ['parse_args', 'load_run_config', 'restore_module', 'sample_cells', 'criteria', 'score_cells',
@@ -355,15 +354,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
-    warnings.filterwarnings('ignore')
-    torch.set_num_threads(1)
-    try:
-        result = run(args.run, args.sample, args.seed, args.bn_controls)
-    except ValueError as err:
-        raise SystemExit(f'bench.pinas_quality: {err}') from err
-    emit_json(result, args.out)
-    print(format_table(result))
+    run_quality_bench('bench.pinas_quality', lambda: run(args.run, args.sample, args.seed, args.bn_controls), args.out, format_table)
 
 
 if __name__ == '__main__':
