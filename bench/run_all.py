@@ -22,7 +22,7 @@ def _run(module: str, *args: str) -> subprocess.Popen:
 
 def speed_benchmarks() -> None:
     for module, args in (('angle_speed', ['--channels', '16', '--cells', '5']),
-                         ('step_time', ['--channels', '16', '--cells', '1', '--steps', '30', '--rounds', '5']),
+                         ('step_time', ['--channels', '16', '--cells', '1', '--steps', '60', '--rounds', '8']),
                          ('checkpoint_overhead', []),
                          ('rlnas_darts', []),
                          ('evolution_constraint', []),
