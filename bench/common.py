@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytorch_lightning as pl
+import torch
 
 __all__ = ['StepClock', 'emit_json', 'run_quality_bench']
 
@@ -41,8 +42,6 @@ def run_quality_bench(name: str, compute: Callable[[], Any], out: str | Path | N
                       table: Callable[[Any], str]) -> None:
     """A quality benchmark's main body: INFO logging, one torch thread, a ``ValueError`` ends the program with
     ``name: message``, then the JSON result (printed and written to ``out``) and its table."""
-    import torch
-
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
     warnings.filterwarnings('ignore')
     torch.set_num_threads(1)

@@ -25,7 +25,6 @@ had its views been drawn differently.
 from __future__ import annotations
 
 import argparse
-import logging
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -41,13 +40,11 @@ from nni_labelfree.selection.linear_eval import activate_path, recalibrated_bn
 from nni_labelfree.strategies import pinas_probes as probes
 
 from bench.common import run_quality_bench
-from bench.pinas_quality import (_selection_fitness, criterion_stats, load_run_config, restore_module,
-                                 sample_cells, score_cells)
+from bench.pinas_quality import (_selection_fitness, criterion_stats, exported_cell, load_run_config,
+                                 restore_module, sample_cells, score_cells)
 
 __all__ = ['parse_args', 'fit_probe', 'knn_accuracy', 'feature_scorers', 'linear_scorers', 'label_free_scorers',
            'run', 'main']
-
-_logger = logging.getLogger(__name__)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -176,11 +173,8 @@ def _exports(module, criteria: dict[int, Any], table) -> dict[str, dict[str, Any
     try:
         for seed, criterion in criteria.items():
             module.selection_fitness = lambda criterion=criterion: (criterion, 'label_free')
-            ranked = module.strategy.select(module)
-            arch = ranked[0][0]
-            found[f'label_free_seed{seed}'] = {
-                'nb201_string': nb.arch_to_string(arch), 'fitness': float(ranked[0][1]),
-                'cifar10_test': float(table.accuracies(nb.arch_to_op_indices(arch)[None])[0])}
+            (arch, fitness), *_ = module.strategy.select(module)
+            found[f'label_free_seed{seed}'] = exported_cell(arch, fitness, table)
     finally:
         del module.selection_fitness  # the instance attribute; the method shows through again
     return found
@@ -229,7 +223,9 @@ def format_table(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    run_quality_bench('bench.pinas_criterion_noise', lambda: run(args.run, args.sample, args.seed, args.view_seeds, args.exports), args.out, format_table)
+    run_quality_bench('bench.pinas_criterion_noise',
+                      lambda: run(args.run, args.sample, args.seed, args.view_seeds, args.exports), args.out,
+                      format_table)
 
 
 if __name__ == '__main__':

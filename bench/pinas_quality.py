@@ -45,7 +45,7 @@ from bench.common import run_quality_bench
 from bench.search_quality import _stats, rule_metrics
 
 __all__ = ['parse_args', 'load_run_config', 'restore_module', 'sample_cells', 'criteria', 'score_cells',
-           'criterion_stats', 'run', 'format_table', 'main']
+           'criterion_stats', 'exported_cell', 'exports', 'run', 'format_table', 'main']
 
 _logger = logging.getLogger(__name__)
 
@@ -265,6 +265,13 @@ def _bn_block(values: dict[str, np.ndarray], truth: np.ndarray, groups: np.ndarr
     return {'cells': count, **stats}
 
 
+def exported_cell(arch: dict, fitness: float, table) -> dict[str, Any]:
+    """An exported cell as the reports show it: its NAS-Bench-201 string, its fitness and its table accuracy."""
+    row = nb.arch_to_op_indices(arch)
+    return {'nb201_string': nb.arch_to_string(arch), 'fitness': float(fitness),
+            'cifar10_test': float(table.accuracies(row[None])[0])}
+
+
 def exports(module, table) -> dict[str, dict[str, Any]]:
     """The cell the strategy's own search exports with each selection criterion, on the restored supernet.
 
@@ -275,10 +282,7 @@ def exports(module, table) -> dict[str, dict[str, Any]]:
     try:
         for selection in ('linear_eval', 'label_free'):
             module.strategy.selection, module.search_result = selection, None
-            arch = module.export()
-            row = nb.arch_to_op_indices(arch)
-            found[selection] = {'nb201_string': nb.arch_to_string(arch), 'fitness': float(module.search_result[0][1]),
-                                'cifar10_test': float(table.accuracies(row[None])[0])}
+            found[selection] = exported_cell(module.export(), module.search_result[0][1], table)
     finally:
         module.strategy.selection, module.search_result = saved, None
     return found
@@ -354,7 +358,8 @@ def format_table(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    run_quality_bench('bench.pinas_quality', lambda: run(args.run, args.sample, args.seed, args.bn_controls), args.out, format_table)
+    run_quality_bench('bench.pinas_quality', lambda: run(args.run, args.sample, args.seed, args.bn_controls),
+                      args.out, format_table)
 
 
 if __name__ == '__main__':
