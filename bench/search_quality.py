@@ -34,6 +34,8 @@ POLICIES = {
     'no_fixed_pool4d': AnglePolicy(fixed='none', pool='const4d'),
     'skip_identity': AnglePolicy(skip='identity'),            # RLNAS's DARTS/MobileNet skip, eye(C)
     'no_fixed_skip_identity': AnglePolicy(fixed='none', skip='identity'),
+    'cell_mean': AnglePolicy(edges='cell_mean'),              # each op averaged over its cell's edges
+    'no_fixed_cell_mean': AnglePolicy(fixed='none', edges='cell_mean'),
 }
 
 

@@ -130,3 +130,85 @@ def test_bad_policy_and_snapshot_are_refused():
     scorer = ChoiceAngleScorer(space, initial)
     with pytest.raises(ValueError, match='does not fit this space'):
         scorer.angle({'first': 'k7', 'second': 'k1'})
+
+
+# --- edges='cell_mean' ------------------------------------------------------------------------------------------
+def _reference_cell_mean_angle(space, initial, arch):
+    """The cell-mean angle from its definition, parameters read one by one: every op on a valid path adds the mean,
+    over its cell's edges, of that op's (<w0, wT>, |w0|^2, |wT|^2); fixed layers once. Pool and skip add nothing
+    (``pool='empty'``)."""
+    trained = dict(space.named_parameters())
+
+    def stats(prefix):
+        out = np.zeros(3)
+        for name, w in trained.items():
+            if name.startswith(prefix):
+                a, b = initial[name].double().flatten(), w.detach().double().flatten()
+                out += (float(a @ b), float(a @ a), float(b @ b))
+        return out
+
+    total = stats('') - sum(stats(m + '.') for _, m in _edge_modules(space))  # fixed layers
+    any_path = False
+    for dag in space.cell_dags():
+        for path in dag.paths():
+            ops = [arch[dag.edges[k][2]] for k in path]
+            if 'none' in ops:
+                continue
+            any_path = True
+            for op in ops:
+                total += np.mean([stats(f'{module}.{op}.') for _, _, _, module in dag.edges], axis=0)
+    if not any_path:
+        return 0.0
+    return float(np.arccos(np.clip(total[0] / np.sqrt(total[1] * total[2]), -1, 1)))
+
+
+def _edge_modules(space):
+    return [(label, module) for dag in space.cell_dags() for _, _, label, module in dag.edges]
+
+
+def test_cell_mean_angle_matches_its_definition(nb201):
+    space, initial = nb201
+    scorer = angle_scorer(space, initial, policy=AnglePolicy(pool='empty', edges='cell_mean'))
+    encoded = scorer.all_encodings()
+    angles = scorer.angles(encoded)
+    for row in np.random.default_rng(1).choice(len(encoded), 25, replace=False):
+        arch = scorer.decode(encoded[row])
+        assert _cos(angles[row]) == pytest.approx(_cos(_reference_cell_mean_angle(space, initial, arch)),
+                                                  abs=1e-10), arch
+        assert scorer.angle(arch) == pytest.approx(angles[row], abs=1e-12)  # the one-arch gather path agrees
+
+
+def test_cell_mean_angle_ignores_which_edge_holds_an_op(nb201):
+    # Edges 0->2 and 1->3 each lie on one input->output path: swapping their ops keeps which ops lie on valid paths
+    # (and how often), so the cell-mean angle is unchanged while each edge's own weights (edges='own') differ.
+    space, initial = nb201
+    own = angle_scorer(space, initial)
+    mean = angle_scorer(space, initial, policy=AnglePolicy(edges='cell_mean'))
+    base = {label: 'nor_conv_3x3' for label in NB201_LABELS}
+    e20, e31 = (next(label for label in NB201_LABELS if label.endswith(edge)) for edge in ('2_0', '3_1'))
+    first = {**base, e20: 'nor_conv_1x1', e31: 'avg_pool_3x3'}
+    swapped = {**base, e20: 'avg_pool_3x3', e31: 'nor_conv_1x1'}
+    assert mean.angle(first) == pytest.approx(mean.angle(swapped), abs=1e-12)
+    assert abs(own.angle(first) - own.angle(swapped)) > 1e-6
+    # ... but which ops: a 3x3 in place of the 1x1 does change it.
+    assert abs(mean.angle({**first, e20: 'nor_conv_3x3'}) - mean.angle(first)) > 1e-6
+
+
+def test_cell_mean_angle_needs_cells():
+    space, initial = _perturbed_supernet(TinySpace())
+    policy = AnglePolicy(edges='cell_mean')
+    with pytest.raises(ValueError, match='cell_dags'):
+        angle_scorer(space, initial, policy=policy)
+    with pytest.raises(ValueError, match='edges="own"'):
+        ChoiceAngleScorer(space, initial, policy=policy)
+    with pytest.raises(ValueError, match='edges'):
+        AnglePolicy(edges='mean')
+
+
+def test_cell_mean_angle_has_no_naive_concatenation(nb201):
+    space, initial = nb201
+    scorer = angle_scorer(space, initial, policy=AnglePolicy(edges='cell_mean'))
+    with pytest.raises(ValueError, match=r'edges="own"\) only'):
+        scorer.naive_angle({label: 'nor_conv_3x3' for label in NB201_LABELS})
+    with pytest.raises(ValueError, match='path_aware=False'):
+        angle_scorer(space, initial, policy=AnglePolicy(edges='cell_mean'), path_aware=False)

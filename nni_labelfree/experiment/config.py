@@ -92,6 +92,7 @@ class SearchConfig:
     angle_fixed: str | None = None      # all | none (fixed layers in the angle vector or not)
     angle_pool: str | None = None       # const3d | const4d | empty
     angle_skip: str | None = None       # empty | identity
+    angle_edges: str | None = None      # own | cell_mean (each candidate averaged over its cell's edges)
     search: str = 'auto'                # auto | exhaustive | evolution
     evolution: dict = field(default_factory=dict)  # keyword arguments of nni_labelfree.selection.evolve
     max_flops: float | None = None      # FLOPs limit for the evolution (NNI profiler), None: no limit
@@ -121,6 +122,7 @@ _CHOICES = {
     'angle_fixed': (None, 'all', 'none'),
     'angle_pool': (None, 'const3d', 'const4d', 'empty'),
     'angle_skip': (None, 'empty', 'identity'),
+    'angle_edges': (None, 'own', 'cell_mean'),
     'lightning_strategy': ('auto', 'ddp'),
     'unreal_data': ('rlrd', 'rlgd', 'rlrn'),
     'algorithm': ('darts', 'sgas'),

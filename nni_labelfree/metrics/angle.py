@@ -73,14 +73,22 @@ class AnglePolicy:
         ``[C_out, C_in, K, K]`` (the paper's text); ``'empty'``: nothing.
     skip
         ``'empty'`` (RLNAS on NAS-Bench-201) or ``'identity'`` (``eye(C)``, RLNAS on DARTS/MobileNet).
+    edges
+        ``'own'``: every edge contributes its own candidate's statistics (RLNAS). ``'cell_mean'`` (path-aware
+        scorer only): a candidate contributes the mean of its statistics over all edges of its cell, so the angle
+        depends on which ops lie on the cell's valid paths but not on which edge holds them. Random-label training
+        rotates the same op by different amounts on different edges, and that pattern is set by the edge's position
+        (it repeats across seeds, correlation 0.97-0.99) rather than by the architecture; ``'cell_mean'`` takes it
+        out (README, RLNAS search quality).
     """
     fixed: str = 'all'
     pool: str = 'const3d'
     skip: str = 'empty'
+    edges: str = 'own'
 
     def __post_init__(self) -> None:
         for field, allowed in (('fixed', ('all', 'none')), ('pool', ('const3d', 'const4d', 'empty')),
-                               ('skip', ('empty', 'identity'))):
+                               ('skip', ('empty', 'identity')), ('edges', ('own', 'cell_mean'))):
             if getattr(self, field) not in allowed:
                 raise ValueError(f'AnglePolicy.{field}={getattr(self, field)!r} is not one of {allowed}.')
 
@@ -311,6 +319,9 @@ class ChoiceAngleScorer(_AngleScorer):
 
     def __init__(self, model: nn.Module, initial: Mapping[str, torch.Tensor],
                  trained: Mapping[str, torch.Tensor] | None = None, policy: AnglePolicy = AnglePolicy()):
+        if policy.edges != 'own':
+            raise ValueError(f'AnglePolicy(edges={policy.edges!r}) needs cells (PathAngleScorer on a space with '
+                             'cell_dags()); the per-candidate angle has no cells to average over. Use edges="own".')
         super().__init__(model, initial, trained, policy)
         # table[label][value index] = summed stats of that candidate over every module sharing the label.
         self._table = {label: np.zeros((len(values), 3)) for label, values in self.choices.items()}
@@ -381,6 +392,8 @@ class PathAngleScorer(_AngleScorer):
         self._paths: list[list[tuple[int, np.ndarray, int]]] = []
         for dag in self.cell_dags:
             edge_tables = [self._edge_table(module_name, label) for _, _, label, module_name in dag.edges]
+            if policy.edges == 'cell_mean':
+                edge_tables = self._cell_mean(dag, edge_tables)
             for path in dag.paths():
                 self._paths.append([edge_tables[k] for k in path])
         self._gather = _PathGather(self._paths)
@@ -395,6 +408,17 @@ class PathAngleScorer(_AngleScorer):
             if kind == 'none':
                 none_index = i
         return self.labels.index(label), table, none_index
+
+    def _cell_mean(self, dag, edge_tables: list[tuple[int, np.ndarray, int]]) -> list[tuple[int, np.ndarray, int]]:
+        """The edges' tables replaced by one shared table: each candidate's statistics averaged over the cell."""
+        values = {tuple(self.choices[label]) for _, _, label, _ in dag.edges}
+        nones = {none_index for _, _, none_index in edge_tables}
+        if len(values) != 1 or len(nones) != 1:
+            raise ValueError('AnglePolicy(edges="cell_mean") averages each candidate over the edges of a cell, so '
+                             'every edge of a cell must offer the same candidates in the same order; this cell has '
+                             f'{len(values)} different candidate lists ({sorted(values)}). Use edges="own".')
+        mean = np.mean([table for _, table, _ in edge_tables], axis=0)
+        return [(column, mean, none_index) for column, _, none_index in edge_tables]
 
     def _stats_of(self, encoded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if len(encoded) <= _GATHER_MAX:
@@ -413,6 +437,9 @@ class PathAngleScorer(_AngleScorer):
 
     def naive_angle(self, arch: Mapping[str, str]) -> float:
         """The same angle from explicitly concatenated per-path vectors (slow; for tests and benchmarks)."""
+        if self.policy.edges != 'own':
+            raise ValueError('naive_angle() concatenates each edge\'s own weights, which is the angle of '
+                             'AnglePolicy(edges="own") only; edges="cell_mean" has no concatenated form.')
         pieces: list[tuple[str, str]] = []
         for dag in self.cell_dags:
             for path in dag.paths():
@@ -427,6 +454,11 @@ def angle_scorer(model: nn.Module, initial: Mapping[str, torch.Tensor],
                  path_aware: bool | None = None) -> _AngleScorer:
     """The path-aware scorer when the model exposes ``cell_dags()`` (unless ``path_aware=False``), else generic."""
     has_dags = callable(getattr(model, 'cell_dags', None))
+    if policy.edges != 'own' and (not has_dags or path_aware is False):
+        raise ValueError(f'AnglePolicy(edges={policy.edges!r}) averages candidates over the edges of a cell, which '
+                         f'needs the path-aware scorer: {type(model).__name__} '
+                         + ('has no cell_dags() method' if not has_dags else 'was asked for path_aware=False')
+                         + '. Use edges="own", or a space with cell_dags() and path_aware left on.')
     if path_aware and not has_dags:
         raise ValueError(f'{type(model).__name__} has no cell_dags() method, so the path-aware angle cannot be '
                          'computed; use path_aware=False (per-candidate angle) or add cell_dags() to the space.')
