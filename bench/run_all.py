@@ -51,6 +51,16 @@ def quality_benchmarks(minutes: float, seeds=(0, 1, 2), parallel: int = 2) -> No
         job.wait()
 
 
+def anatomy_benchmarks() -> None:
+    """What the quality runs' angles are made of (bench.angle_anatomy), per data source."""
+    for data in ('imagefolder', 'noise'):
+        saved = (RESULTS / 'search_quality').glob(f'{data}_s*/checkpoints/supernet_final.pt')
+        runs = sorted(str(p.parents[1].relative_to(RESULTS.parents[1])) for p in saved)  # _run's cwd
+        out = RESULTS / f'angle_anatomy_{data}.json'
+        if runs and _run('angle_anatomy', '--runs', *runs, '--out', str(out)).wait():
+            raise SystemExit('benchmark angle_anatomy failed')
+
+
 def quality_table() -> str:
     """Median (min..max) over seeds of each policy's statistics and the training-free rules, per data source."""
     lines = ['| data | scorer | Kendall tau | tau within equal size | top-1 cell acc | final random-label loss |',
@@ -82,6 +92,7 @@ def main() -> None:
     speed_benchmarks()
     if not os.environ.get('BENCH_SKIP_QUALITY'):
         quality_benchmarks(float(os.environ.get('BENCH_QUALITY_MINUTES', 15)))
+        anatomy_benchmarks()
     summary = []
     for name in ('angle_speed', 'step_time', 'checkpoint_overhead', 'unnas_step_time', 'fractal_speed',
                  'trial_overhead', 'sgas_speed'):
