@@ -31,7 +31,8 @@ from nni.nas.oneshot.pytorch.sampling import RandomSamplingLightningModule
 from nni.nas.oneshot.pytorch.strategy import RandomOneShot
 
 from nni_labelfree.data import EpochShuffleSampler, RandomLabelDataset
-from nni_labelfree.metrics.angle import AnglePolicy, angle_scorer, parameter_snapshot, plain_architecture
+from nni_labelfree.metrics.angle import (AnglePolicy, angle_scorer, check_policy_fits, parameter_snapshot,
+                                         plain_architecture)
 from nni_labelfree.selection import evolve
 
 from .common import RankedOneShot, rng_state_from_plain, rng_state_to_plain, use_channels_last
@@ -278,6 +279,7 @@ class RLNAS(RankedOneShot, RandomOneShot):
         defaults = getattr(model, 'angle_policy_defaults', None)
         if not self._policy_given and defaults:
             self.angle_policy = AnglePolicy(**defaults)
+        check_policy_fits(model, self.angle_policy, self.path_aware)  # before training, not at export
         supernet = super().mutate_model(model)
         return use_channels_last(supernet) if self.channels_last else supernet
 

@@ -131,6 +131,8 @@ def _error_line(capsys) -> str:
     ({'data': 'imagefolder'}, ['imagefolder', 'root']),
     ({'epochs': 0}, ['epochs', 'positive integer']),
     ({'label_mode': 'bogus'}, ['label_mode', "'bogus'", 'uniform_once']),
+    ({'angle_edges': 'mean'}, ['angle_edges', "'mean'", 'cell_mean']),
+    ({'space': 'mobilenet', 'angle_edges': 'cell_mean'}, ['cell_mean', 'MobileNetSpace', 'cell_dags']),
 ])
 def test_bad_search_settings_exit_2_with_a_clear_message(tmp_path, capsys, overrides, expected):
     assert cli.main(_tiny_search_argv(tmp_path / 'out', **overrides)) == 2

@@ -152,6 +152,14 @@ def test_spaces_rlnas_cannot_handle_are_refused(space, message):
         RLNAS().mutate_model(space())
 
 
+def test_cell_mean_angle_on_a_space_without_cells_is_refused_before_training():
+    with pytest.raises(ValueError, match='ChainSpace has no cell_dags'):
+        RLNAS(angle_policy={'edges': 'cell_mean'}).mutate_model(ChainSpace())
+    with pytest.raises(ValueError, match='path_aware=False'):
+        RLNAS(angle_policy={'edges': 'cell_mean'}, path_aware=False).mutate_model(
+            NasBench201Space(channels=4, cells_per_stage=1))
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match='num_classes=100'):
         RLNAS(num_classes=100).mutate_model(NasBench201Space(channels=4, cells_per_stage=1))

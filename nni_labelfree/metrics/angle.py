@@ -51,7 +51,8 @@ from torch import nn
 from nni.mutable import Categorical, CategoricalMultiple
 from nni.nas.nn.pytorch import LayerChoice
 
-__all__ = ['plain_architecture', 'AnglePolicy', 'ChoiceAngleScorer', 'PathAngleScorer', 'angle_scorer', 'parameter_snapshot']
+__all__ = ['plain_architecture', 'AnglePolicy', 'ChoiceAngleScorer', 'PathAngleScorer', 'angle_scorer',
+           'check_policy_fits', 'parameter_snapshot']
 
 _logger = logging.getLogger(__name__)
 
@@ -449,16 +450,23 @@ class PathAngleScorer(_AngleScorer):
         return self._naive_from_pieces(pieces, bool(pieces))
 
 
-def angle_scorer(model: nn.Module, initial: Mapping[str, torch.Tensor],
-                 trained: Mapping[str, torch.Tensor] | None = None, policy: AnglePolicy = AnglePolicy(),
-                 path_aware: bool | None = None) -> _AngleScorer:
-    """The path-aware scorer when the model exposes ``cell_dags()`` (unless ``path_aware=False``), else generic."""
+def check_policy_fits(model: nn.Module, policy: AnglePolicy, path_aware: bool | None = None) -> None:
+    """Refuse a policy the model's scorer cannot compute (``edges='cell_mean'`` needs the path-aware scorer), so a
+    strategy can say so before training rather than at export."""
     has_dags = callable(getattr(model, 'cell_dags', None))
     if policy.edges != 'own' and (not has_dags or path_aware is False):
         raise ValueError(f'AnglePolicy(edges={policy.edges!r}) averages candidates over the edges of a cell, which '
                          f'needs the path-aware scorer: {type(model).__name__} '
                          + ('has no cell_dags() method' if not has_dags else 'was asked for path_aware=False')
                          + '. Use edges="own", or a space with cell_dags() and path_aware left on.')
+
+
+def angle_scorer(model: nn.Module, initial: Mapping[str, torch.Tensor],
+                 trained: Mapping[str, torch.Tensor] | None = None, policy: AnglePolicy = AnglePolicy(),
+                 path_aware: bool | None = None) -> _AngleScorer:
+    """The path-aware scorer when the model exposes ``cell_dags()`` (unless ``path_aware=False``), else generic."""
+    check_policy_fits(model, policy, path_aware)
+    has_dags = callable(getattr(model, 'cell_dags', None))
     if path_aware and not has_dags:
         raise ValueError(f'{type(model).__name__} has no cell_dags() method, so the path-aware angle cannot be '
                          'computed; use path_aware=False (per-candidate angle) or add cell_dags() to the space.')
