@@ -5,8 +5,8 @@ weights) and reports, per run and across runs:
 
 - the rotation (cosine between initial and trained weights) and norm growth of the fixed layers, the 3x3 and the
   1x1 convolutions, each type pooled over the whole supernet;
-- how much each edge's rotation is set by its position: the correlation of the per-edge cosines (every cell, edge
-  and conv op) between runs of different seeds. Near 1 means the pattern repeats whatever the seed, so it comes from
+- how much each edge's rotation is set by its position: the per-edge cosines (every cell, edge and conv op; their
+  mean over the runs is in the result) and their correlation between runs of different seeds. Near 1 means the pattern repeats whatever the seed, so it comes from
   where the edge sits (stage, node), not from the draw of labels or weights;
 - two references that use the table, so they bound what an edge-blind ranking could reach rather than being
   label-free results: the best Kendall tau of an *op-type angle* (each op type on a valid path adds one rotation
@@ -154,10 +154,12 @@ def run(runs: Sequence[Path], trials: int, refine: int, seed: int) -> dict:
     truth, op_idx = table.values('cifar10_test'), nb.all_op_indices()
     counts, connected = path_op_counts(op_idx)
     oracle, compositions = composition_oracle_tau(truth, counts, connected)
+    cosines = [edge_cosines(*s) for s in supernets]
     return {
         'runs': [str(r) for r in runs],
         'type_rotations': {str(r): type_rotations(*s) for r, s in zip(runs, supernets)},
-        'position_agreement': position_agreement([edge_cosines(*s) for s in supernets]) if len(runs) > 1 else None,
+        'mean_edge_cosines': {name: float(np.mean([c[name] for c in cosines])) for name in sorted(cosines[0])},
+        'position_agreement': position_agreement(cosines) if len(runs) > 1 else None,
         'op_type_angle_ceiling': op_type_angle_ceiling(truth, counts, connected, trials, refine, seed),
         'composition_oracle': {'tau': oracle, 'compositions': compositions},
         'op_type_order_rule': kendall_tau(nb.op_type_order_score(op_idx), truth),
