@@ -79,8 +79,9 @@ class AnglePolicy:
         scorer only): a candidate contributes the mean of its statistics over all edges of its cell, so the angle
         depends on which ops lie on the cell's valid paths but not on which edge holds them. Random-label training
         rotates the same op by different amounts on different edges, and that pattern is set by the edge's position
-        (it repeats across seeds, correlation 0.97-0.99) rather than by the architecture; ``'cell_mean'`` takes it
-        out (README, RLNAS search quality).
+        (it repeats across seeds, correlation 0.97-0.99 on noise) rather than by the architecture; ``'cell_mean'``
+        takes it out (README, RLNAS search quality). Every edge of a cell must offer the same candidates; on DARTS
+        reduction cells a candidate's stride-2 form (input edges) and stride-1 form are averaged together.
     """
     fixed: str = 'all'
     pool: str = 'const3d'
