@@ -6,6 +6,10 @@ with several angle parameterisations of the same weights. For each it records th
 the table accuracy of the top-angle cell. The training-free rules of calibration.md are computed once.
 
     python -m bench.search_quality --data imagefolder --seed 0 --minutes 15
+
+``--rescore RUN [RUN ...]`` scores the saved final supernet of finished runs (``checkpoints/supernet_final.pt``)
+with every parameterisation, without training: a new parameterisation measured on old runs. It writes
+``rescore.json`` next to each run's ``quality.json``.
 """
 from __future__ import annotations
 
@@ -22,9 +26,10 @@ import torch
 
 from nni_labelfree.benchmarks import nasbench201 as nb
 from nni_labelfree.experiment.config import resolve_config
-from nni_labelfree.experiment.search import run_search
+from nni_labelfree.experiment.search import run_search, with_keys_added_later
 from nni_labelfree.metrics.angle import AnglePolicy, angle_scorer
 from nni_labelfree.metrics.correlation import kendall_tau, tau_within_groups, top1_truth
+from nni_labelfree.search_spaces import create_space
 
 SHARED = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
 POLICIES = {
@@ -71,7 +76,39 @@ class PolicySweep(pl.Callback):
                      row['train_acc'], {n: round(row[n]['tau'], 3) for n in POLICIES})
 
 
-def main() -> None:
+def rescore(run: Path, truth: np.ndarray, groups: np.ndarray) -> dict:
+    """Every policy of :data:`POLICIES` on the final supernet a finished RLNAS NAS-Bench-201 run saved."""
+    config_path, saved = Path(run) / 'config.json', Path(run) / 'checkpoints' / 'supernet_final.pt'
+    if not config_path.is_file() or not saved.is_file():
+        raise ValueError(f'{run} lacks config.json or checkpoints/supernet_final.pt; pass the --out folder of a '
+                         'finished bench.search_quality run (or the --output of nni-labelfree search).')
+    config = resolve_config(with_keys_added_later(json.loads(config_path.read_text())))
+    if config.strategy != 'rlnas' or config.space != 'nasbench201':
+        raise ValueError(f'{run} holds a {config.strategy} search on {config.space}; --rescore needs RLNAS on '
+                         'nasbench201 (the table gives the ground truth).')
+    weights = torch.load(saved, map_location='cpu', weights_only=False)
+    space = create_space('nasbench201', channels=config.channels, cells_per_stage=config.cells_per_stage,
+                         num_classes=config.num_classes)
+    space.load_state_dict(weights['final'])
+    result = {'run': str(run), 'config': config.to_dict()}
+    for name, policy in POLICIES.items():
+        scorer = angle_scorer(space, weights['initial'], policy=policy)
+        result[name] = _stats(scorer.angles(scorer.all_encodings()), truth, groups)
+    return result
+
+
+def _rescore_main(runs: list[Path]) -> None:
+    truth, groups = nb.load_nb201_table().values('cifar10_test'), nb.params_on_valid_paths(nb.all_op_indices())
+    for run in runs:
+        try:
+            result = rescore(run, truth, groups)
+        except ValueError as err:
+            raise SystemExit(f'search_quality --rescore: {err}') from err
+        (Path(run) / 'rescore.json').write_text(json.dumps(result, indent=2) + '\n')
+        print(run, {name: round(result[name]['tau'], 3) for name in POLICIES})
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--data', default='noise', choices=['imagefolder', 'noise'])
     parser.add_argument('--seed', type=int, default=0)
@@ -79,7 +116,13 @@ def main() -> None:
     parser.add_argument('--set', dest='set_flags', action='append', default=[], metavar='KEY=VALUE')
     parser.add_argument('--num-images', type=int, default=200)
     parser.add_argument('--out', default=None)
-    args = parser.parse_args()
+    parser.add_argument('--rescore', nargs='+', type=Path, default=None, metavar='RUN',
+                        help='score the saved supernets of finished runs instead of training (writes rescore.json)')
+    args = parser.parse_args(argv)
+    if args.rescore:
+        warnings.filterwarnings('ignore')
+        torch.set_num_threads(1)
+        return _rescore_main(args.rescore)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
     warnings.filterwarnings('ignore')
     torch.set_num_threads(1)
