@@ -6,11 +6,12 @@ weights) and reports, per run and across runs:
 - the rotation (cosine between initial and trained weights) and norm growth of the fixed layers, the 3x3 and the
   1x1 convolutions, each type pooled over the whole supernet;
 - how much each edge's rotation is set by its position: the per-edge cosines (every cell, edge and conv op; their
-  mean over the runs is in the result) and their correlation between runs of different seeds. Near 1 means the pattern repeats whatever the seed, so it comes from
-  where the edge sits (stage, node), not from the draw of labels or weights;
-- two references that use the table, so they bound what an edge-blind ranking could reach rather than being
-  label-free results: the best Kendall tau of an *op-type angle* (each op type on a valid path adds one rotation
-  and one norm, the fixed layers another; five numbers fitted to the table by seeded random search), and the
+  values per run and their mean are in the result) and their correlation between runs of different seeds. Near 1
+  means the pattern repeats whatever the seed, so it comes from where the edge sits (stage, node), not from the
+  draw of labels or weights;
+- two references that use the table, so they show what an edge-blind ranking could reach rather than being
+  label-free results: the best Kendall tau a seeded random search finds for an *op-type angle* (each op type on a
+  valid path adds one rotation and one norm, the fixed layers another; five numbers fitted to the table), and the
   *composition oracle* (each cell scored by the mean table accuracy of the cells with the same ops on its valid
   paths, counted once per path, as the path-aware angle counts them).
 
@@ -158,6 +159,7 @@ def run(runs: Sequence[Path], trials: int, refine: int, seed: int) -> dict:
     return {
         'runs': [str(r) for r in runs],
         'type_rotations': {str(r): type_rotations(*s) for r, s in zip(runs, supernets)},
+        'edge_cosines': {str(r): c for r, c in zip(runs, cosines)},
         'mean_edge_cosines': {name: float(np.mean([c[name] for c in cosines])) for name in sorted(cosines[0])},
         'position_agreement': position_agreement(cosines) if len(runs) > 1 else None,
         'op_type_angle_ceiling': op_type_angle_ceiling(truth, counts, connected, trials, refine, seed),

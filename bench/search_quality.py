@@ -77,7 +77,11 @@ class PolicySweep(pl.Callback):
 
 
 def rescore(run: Path, truth: np.ndarray, groups: np.ndarray) -> dict:
-    """Every policy of :data:`POLICIES` on the final supernet a finished RLNAS NAS-Bench-201 run saved."""
+    """Every policy of :data:`POLICIES` on the final supernet a finished RLNAS NAS-Bench-201 run saved.
+
+    The policies are this bench's fixed set, not the run's own ``angle_*`` settings: for a run with RLNAS's default
+    angle (every ``bench.search_quality`` run) the ``rlnas`` entry is the run's own ranking.
+    """
     config_path, saved = Path(run) / 'config.json', Path(run) / 'checkpoints' / 'supernet_final.pt'
     if not config_path.is_file() or not saved.is_file():
         raise ValueError(f'{run} lacks config.json or checkpoints/supernet_final.pt; pass the --out folder of a '
@@ -86,10 +90,14 @@ def rescore(run: Path, truth: np.ndarray, groups: np.ndarray) -> dict:
     if config.strategy != 'rlnas' or config.space != 'nasbench201':
         raise ValueError(f'{run} holds a {config.strategy} search on {config.space}; --rescore needs RLNAS on '
                          'nasbench201 (the table gives the ground truth).')
-    weights = torch.load(saved, map_location='cpu', weights_only=False)
     space = create_space('nasbench201', channels=config.channels, cells_per_stage=config.cells_per_stage,
                          num_classes=config.num_classes)
-    space.load_state_dict(weights['final'])
+    try:
+        weights = torch.load(saved, map_location='cpu', weights_only=False)
+        space.load_state_dict(weights['final'])
+    except Exception as err:  # unreadable file, or weights of another space than config.json describes
+        raise ValueError(f'{saved} cannot be loaded into the space {run}/config.json describes '
+                         f'({type(err).__name__}: {str(err)[:200]}); was the folder written by another run?') from err
     result = {'run': str(run), 'config': config.to_dict()}
     for name, policy in POLICIES.items():
         scorer = angle_scorer(space, weights['initial'], policy=policy)
@@ -110,19 +118,26 @@ def _rescore_main(runs: list[Path]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--data', default='noise', choices=['imagefolder', 'noise'])
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--minutes', type=float, default=15.0)
-    parser.add_argument('--set', dest='set_flags', action='append', default=[], metavar='KEY=VALUE')
-    parser.add_argument('--num-images', type=int, default=200)
-    parser.add_argument('--out', default=None)
+    training = {'data': 'noise', 'seed': 0, 'minutes': 15.0, 'set_flags': [], 'num_images': 200, 'out': None}
+    parser.add_argument('--data', choices=['imagefolder', 'noise'])
+    parser.add_argument('--seed', type=int)
+    parser.add_argument('--minutes', type=float)
+    parser.add_argument('--set', dest='set_flags', action='append', metavar='KEY=VALUE')
+    parser.add_argument('--num-images', type=int)
+    parser.add_argument('--out')
     parser.add_argument('--rescore', nargs='+', type=Path, default=None, metavar='RUN',
                         help='score the saved supernets of finished runs instead of training (writes rescore.json)')
     args = parser.parse_args(argv)
     if args.rescore:
+        given = [f'--{k.replace("_", "-")}' for k in training if getattr(args, k) is not None]
+        if given:
+            parser.error(f'--rescore scores finished runs as they were trained; drop {" ".join(given)}')
         warnings.filterwarnings('ignore')
         torch.set_num_threads(1)
         return _rescore_main(args.rescore)
+    for key, default in training.items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
     warnings.filterwarnings('ignore')
     torch.set_num_threads(1)

@@ -202,8 +202,10 @@ class RLNAS(RankedOneShot, RandomOneShot):
         :class:`EpochShuffleSampler`) and the evolutionary search.
     angle_policy
         :class:`~nni_labelfree.metrics.angle.AnglePolicy` (or its fields as a dict): which weights enter the vector
-        and how parameter-free ops are represented. Default: the space's ``angle_policy_defaults`` if it has them
-        (DARTS: skip = ``eye(C)``), else RLNAS's NAS-Bench-201 choice.
+        and how parameter-free ops are represented, and whether each edge counts its own weights (``edges='own'``,
+        RLNAS) or the mean over its cell's edges (``edges='cell_mean'``; needs ``cell_dags()`` and the path-aware
+        angle, checked before training). Default: the space's ``angle_policy_defaults`` if it has them (DARTS:
+        skip = ``eye(C)``), else RLNAS's NAS-Bench-201 choice.
     path_aware
         Path-aware angle (spaces with ``cell_dags()``) or per-candidate angle; ``None`` picks path-aware when
         the space supports it.

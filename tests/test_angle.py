@@ -212,3 +212,38 @@ def test_cell_mean_angle_has_no_naive_concatenation(nb201):
         scorer.naive_angle({label: 'nor_conv_3x3' for label in NB201_LABELS})
     with pytest.raises(ValueError, match='path_aware=False'):
         angle_scorer(space, initial, policy=AnglePolicy(edges='cell_mean'), path_aware=False)
+
+
+def test_cell_mean_changes_nothing_where_every_edge_holds_the_same_weightless_op(nb201):
+    # Pool and skip surrogates are the same constant on every edge of a cell: averaging them is the identity.
+    space, initial = nb201
+    for policy in (AnglePolicy(), AnglePolicy(skip='identity'), AnglePolicy(pool='const4d')):
+        own = angle_scorer(space, initial, policy=policy)
+        mean = angle_scorer(space, initial, policy=AnglePolicy(policy.fixed, policy.pool, policy.skip, 'cell_mean'))
+        for op in ('avg_pool_3x3', 'skip_connect'):
+            arch = {label: op for label in NB201_LABELS}
+            assert mean.angle(arch) == pytest.approx(own.angle(arch), abs=1e-12), (policy, op)
+
+
+class MixedCellSpace(ModelSpace):
+    """One cell whose two edges offer different candidates."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = LayerChoice({'conv': nn.Conv2d(3, 3, 1), 'skip': nn.Identity()}, label='a')
+        self.b = LayerChoice({'conv': nn.Conv2d(3, 3, 1), 'pool': nn.AvgPool2d(3, 1, 1)}, label='b')
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.head(self.b(self.a(x)).mean((2, 3)))
+
+    def cell_dags(self):
+        from nni_labelfree.search_spaces.nasbench201 import CellDAG
+        return [CellDAG(edges=((0, 1, 'a', 'a'), (1, 2, 'b', 'b')), sources=(0,), sinks=(2,))]
+
+
+def test_cell_mean_refuses_a_cell_whose_edges_offer_different_candidates():
+    space, initial = _perturbed_supernet(MixedCellSpace())
+    assert angle_scorer(space, initial).angle({'a': 'conv', 'b': 'pool'}) > 0  # the own-weights angle is fine
+    with pytest.raises(ValueError, match=r"edges \['a', 'b'\] has 2 different candidate lists.*edges=\"own\""):
+        angle_scorer(space, initial, policy=AnglePolicy(edges='cell_mean'))

@@ -77,7 +77,7 @@ def test_saved_supernets_give_rotations_and_position_agreement(tmp_path):
     assert all(0 < r['cos'] < 1 and r['norm_growth'] > 0 for r in rotations.values())
     cosines = anatomy.edge_cosines(*anatomy.load_supernet(a))
     assert len(cosines) == 3 * 6 * 2  # cells x edges x conv ops
-    assert result['mean_edge_cosines'].keys() == cosines.keys()
+    assert result['mean_edge_cosines'].keys() == cosines.keys() and result['edge_cosines'][str(a)] == cosines
     for op, pairs in result['position_agreement'].items():
         assert pairs[0] == pytest.approx(1.0)  # a run agrees with itself
         assert pairs[1] < 0.99  # independent random perturbations do not

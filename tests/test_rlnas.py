@@ -171,3 +171,15 @@ def test_bad_arguments_are_refused():
     strategy.mutate_model(NasBench201Space(channels=4, cells_per_stage=1))
     with pytest.raises(TypeError, match='single torch DataLoader'):
         strategy.train_dataloader(lambda: {'a': 1}, lambda: None)
+
+
+def test_angle_edges_reaches_rlnas_and_old_configs_resume_with_each_edges_own_weights():
+    from nni_labelfree.experiment.config import resolve_config
+    from nni_labelfree.experiment.search import build_search, with_keys_added_later
+    from nni_labelfree.metrics.angle import AnglePolicy
+    parts = build_search(resolve_config({'data': 'noise', 'channels': 4, 'num_images': 16, 'batch_size': 8,
+                                         'angle_edges': 'cell_mean'}))
+    assert parts.strategy.angle_policy == AnglePolicy(edges='cell_mean')
+    # a search saved before the key existed scored each edge's own weights
+    assert with_keys_added_later({'strategy': 'rlnas', 'seed': 0})['angle_edges'] is None
+    assert with_keys_added_later({'strategy': 'rlnas', 'angle_edges': 'cell_mean'})['angle_edges'] == 'cell_mean'

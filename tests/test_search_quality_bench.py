@@ -48,3 +48,15 @@ def test_rescore_refuses_folders_it_cannot_score(tmp_path):
     (tmp_path / 'config.json').write_text(json.dumps({'strategy': 'pinas', 'space': 'nasbench201'}))
     with pytest.raises(SystemExit, match='needs RLNAS on nasbench201'):
         search_quality.main(['--rescore', str(tmp_path)])
+
+
+def test_rescore_refuses_training_flags_and_unloadable_supernets(tiny_run, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        search_quality.main(['--rescore', str(tiny_run), '--seed', '1'])
+    assert info.value.code == 2 and 'drop --seed' in capsys.readouterr().err
+    broken = tmp_path / 'broken'
+    (broken / 'checkpoints').mkdir(parents=True)
+    (broken / 'config.json').write_text((tiny_run / 'config.json').read_text())
+    (broken / 'checkpoints' / 'supernet_final.pt').write_bytes(b'not a checkpoint')
+    with pytest.raises(SystemExit, match='cannot be loaded into the space'):
+        search_quality.main(['--rescore', str(broken)])

@@ -382,6 +382,9 @@ class _PathGather:
 class PathAngleScorer(_AngleScorer):
     """RLNAS's path-aware angle for cell spaces exposing ``cell_dags()`` (e.g. NAS-Bench-201).
 
+    With ``AnglePolicy(edges='cell_mean')`` every edge of a cell reads one shared table: each candidate's statistics
+    averaged over the cell's edges.
+
     Parameters are as for :class:`ChoiceAngleScorer`; ``cell_dags`` is the space's list of
     :class:`~nni_labelfree.search_spaces.CellDAG`.
     """
@@ -416,9 +419,13 @@ class PathAngleScorer(_AngleScorer):
         values = {tuple(self.choices[label]) for _, _, label, _ in dag.edges}
         nones = {none_index for _, _, none_index in edge_tables}
         if len(values) != 1 or len(nones) != 1:
-            raise ValueError('AnglePolicy(edges="cell_mean") averages each candidate over the edges of a cell, so '
-                             'every edge of a cell must offer the same candidates in the same order; this cell has '
-                             f'{len(values)} different candidate lists ({sorted(values)}). Use edges="own".')
+            labels = [label for _, _, label, _ in dag.edges]
+            detail = (f'{len(values)} different candidate lists ({sorted(values)})' if len(values) != 1 else
+                      'the same candidate names, but a different candidate drops the path (none/Zero) on '
+                      'different edges')
+            raise ValueError(f'AnglePolicy(edges="cell_mean") averages each candidate over the edges of a cell, so '
+                             f'every edge of a cell must offer the same candidates in the same order; the cell with '
+                             f'edges {labels} has {detail}. Use edges="own".')
         mean = np.mean([table for _, table, _ in edge_tables], axis=0)
         return [(column, mean, none_index) for column, _, none_index in edge_tables]
 
@@ -452,8 +459,23 @@ class PathAngleScorer(_AngleScorer):
 
 
 def check_policy_fits(model: nn.Module, policy: AnglePolicy, path_aware: bool | None = None) -> None:
-    """Refuse a policy the model's scorer cannot compute (``edges='cell_mean'`` needs the path-aware scorer), so a
-    strategy can say so before training rather than at export."""
+    """Refuse a policy the model's scorer cannot compute, so a strategy can say so before training, not at export.
+
+    Parameters
+    ----------
+    model
+        The model space or supernet the angle will be computed on.
+    policy
+        The :class:`AnglePolicy` to check.
+    path_aware
+        As for :func:`angle_scorer`: ``False`` forces the per-candidate angle.
+
+    Raises
+    ------
+    ValueError
+        ``policy.edges`` is ``'cell_mean'`` but the model has no ``cell_dags()`` or ``path_aware`` is ``False``:
+        averaging over a cell's edges needs the path-aware scorer.
+    """
     has_dags = callable(getattr(model, 'cell_dags', None))
     if policy.edges != 'own' and (not has_dags or path_aware is False):
         raise ValueError(f'AnglePolicy(edges={policy.edges!r}) averages candidates over the edges of a cell, which '
