@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
-from bench.common import run_quality_bench
+from bench.common import load_saved_supernet, run_quality_bench
 from nni_labelfree.benchmarks import nasbench201 as nb
+from nni_labelfree.metrics.angle import _pair_stats
 from nni_labelfree.metrics.correlation import kendall_tau
 
 CONV_OPS = ('nor_conv_3x3', 'nor_conv_1x1')
@@ -101,26 +101,9 @@ def op_type_angle_ceiling(truth: np.ndarray, counts: np.ndarray, connected: np.n
     return {'tau': best_tau, 'params': dict(zip(names, best.round(4).tolist())), 'trials': trials, 'refine': refine}
 
 
-def load_supernet(run: Path) -> tuple[dict, dict]:
-    """``(initial, final)`` parameters a search saved, with a clear error for a folder that is not a finished run."""
-    path = Path(run) / 'checkpoints' / 'supernet_final.pt'
-    if not path.is_file():
-        raise ValueError(f'{run} has no checkpoints/supernet_final.pt; pass the output folder of a finished '
-                         'bench.search_quality (or nni-labelfree search --strategy rlnas) run.')
-    saved = torch.load(path, map_location='cpu', weights_only=False)
-    if not isinstance(saved, dict) or saved.get('initial') is None:
-        raise ValueError(f'{path} holds no initial weights (not an RLNAS search); the angle needs them.')
-    return saved['initial'], saved['final']
-
-
-def _stats(w0: torch.Tensor, w1: torch.Tensor) -> np.ndarray:
-    a, b = w0.double().flatten(), w1.double().flatten()
-    return np.array([float(a @ b), float(a @ a), float(b @ b)])
-
-
 def edge_cosines(initial: dict, final: dict) -> dict[str, float]:
     """Cosine between initial and trained weights of every conv candidate on every edge, keyed by parameter name."""
-    return {name: _cos(_stats(w0, final[name])) for name, w0 in initial.items()
+    return {name: _cos(_pair_stats([(w0, final[name])])) for name, w0 in initial.items()
             if '.edges.' in name and any(f'.{op}.' in name for op in CONV_OPS) and w0.dim() == 4}
 
 
@@ -130,7 +113,7 @@ def type_rotations(initial: dict, final: dict) -> dict[str, dict[str, float]]:
     for name, w0 in initial.items():
         kind = next((op for op in CONV_OPS if f'.{op}.' in name), None) if '.edges.' in name else 'fixed'
         if kind is not None:
-            sums[kind] += _stats(w0, final[name])
+            sums[kind] += _pair_stats([(w0, final[name])])
     return {kind: {'cos': _cos(s), 'norm_growth': float(np.sqrt(s[2] / s[1]))} for kind, s in sums.items()}
 
 
@@ -150,7 +133,7 @@ def position_agreement(cosines: Sequence[dict[str, float]]) -> dict[str, list[fl
 
 def run(runs: Sequence[Path], trials: int, refine: int, seed: int) -> dict:
     """The whole report (see the module docstring)."""
-    supernets = [load_supernet(r) for r in runs]
+    supernets = [load_saved_supernet(r) for r in runs]
     table = nb.load_nb201_table()
     truth, op_idx = table.values('cifar10_test'), nb.all_op_indices()
     counts, connected = path_op_counts(op_idx)

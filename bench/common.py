@@ -12,7 +12,7 @@ from typing import Any, Callable
 import pytorch_lightning as pl
 import torch
 
-__all__ = ['StepClock', 'emit_json', 'run_quality_bench']
+__all__ = ['StepClock', 'emit_json', 'load_saved_supernet', 'run_quality_bench']
 
 
 class StepClock(pl.Callback):
@@ -51,3 +51,16 @@ def run_quality_bench(name: str, compute: Callable[[], Any], out: str | Path | N
         raise SystemExit(f'{name}: {err}') from err
     emit_json(result, out)
     print(table(result))
+
+
+def load_saved_supernet(run: str | Path) -> tuple[dict, dict]:
+    """``(initial, final)`` parameters an RLNAS search saved (``checkpoints/supernet_final.pt``), with a clear error
+    for a folder that is not a finished run."""
+    path = Path(run) / 'checkpoints' / 'supernet_final.pt'
+    if not path.is_file():
+        raise ValueError(f'{run} has no checkpoints/supernet_final.pt; pass the output folder of a finished '
+                         'bench.search_quality (or nni-labelfree search --strategy rlnas) run.')
+    saved = torch.load(path, map_location='cpu', weights_only=False)
+    if not isinstance(saved, dict) or saved.get('initial') is None:
+        raise ValueError(f'{path} holds no initial weights (not an RLNAS search); the angle needs them.')
+    return saved['initial'], saved['final']

@@ -31,6 +31,8 @@ from nni_labelfree.metrics.angle import AnglePolicy, angle_scorer
 from nni_labelfree.metrics.correlation import kendall_tau, tau_within_groups, top1_truth
 from nni_labelfree.search_spaces import create_space
 
+from bench.common import load_saved_supernet
+
 SHARED = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
 POLICIES = {
     'rlnas': AnglePolicy(),                                   # RLNAS code: fixed layers, pool [C,3,3], skip empty
@@ -57,6 +59,15 @@ def _stats(score: np.ndarray, truth: np.ndarray, groups: np.ndarray) -> dict:
             'top1_acc': top1_truth(score, truth)}
 
 
+def policy_stats(model: torch.nn.Module, initial: dict, truth: np.ndarray, groups: np.ndarray) -> dict:
+    """:func:`_stats` of every policy in :data:`POLICIES`, all 15,625 cells scored on ``model``'s weights."""
+    stats = {}
+    for name, policy in POLICIES.items():
+        scorer = angle_scorer(model, initial, policy=policy)
+        stats[name] = _stats(scorer.angles(scorer.all_encodings()), truth, groups)
+    return stats
+
+
 class PolicySweep(pl.Callback):
     """After each epoch, the statistics of every policy in :data:`POLICIES` on the current supernet."""
 
@@ -68,9 +79,7 @@ class PolicySweep(pl.Callback):
                'seconds': time.time() - self.start,
                'train_loss': float(trainer.callback_metrics.get('train_loss', float('nan'))),
                'train_acc': float(trainer.callback_metrics.get('train_acc', float('nan')))}
-        for name, policy in POLICIES.items():
-            scorer = angle_scorer(pl_module.model, pl_module.initial_weights, policy=policy)
-            row[name] = _stats(scorer.angles(scorer.all_encodings()), self.truth, self.groups)
+        row.update(policy_stats(pl_module.model, pl_module.initial_weights, self.truth, self.groups))
         self.epochs.append(row)
         logging.info('epoch %d (%.0fs): loss %.3f acc %.3f tau %s', row['epoch'], row['seconds'], row['train_loss'],
                      row['train_acc'], {n: round(row[n]['tau'], 3) for n in POLICIES})
@@ -93,16 +102,12 @@ def rescore(run: Path, truth: np.ndarray, groups: np.ndarray) -> dict:
     space = create_space('nasbench201', channels=config.channels, cells_per_stage=config.cells_per_stage,
                          num_classes=config.num_classes)
     try:
-        weights = torch.load(saved, map_location='cpu', weights_only=False)
-        space.load_state_dict(weights['final'])
+        initial, final = load_saved_supernet(run)
+        space.load_state_dict(final)
     except Exception as err:  # unreadable file, or weights of another space than config.json describes
         raise ValueError(f'{saved} cannot be loaded into the space {run}/config.json describes '
                          f'({type(err).__name__}: {str(err)[:200]}); was the folder written by another run?') from err
-    result = {'run': str(run), 'config': config.to_dict()}
-    for name, policy in POLICIES.items():
-        scorer = angle_scorer(space, weights['initial'], policy=policy)
-        result[name] = _stats(scorer.angles(scorer.all_encodings()), truth, groups)
-    return result
+    return {'run': str(run), 'config': config.to_dict(), **policy_stats(space, initial, truth, groups)}
 
 
 def _rescore_main(runs: list[Path]) -> None:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bench import angle_anatomy as anatomy
+from bench.common import load_saved_supernet
 from nni_labelfree.benchmarks import nasbench201 as nb
 from nni_labelfree.metrics.correlation import kendall_tau
 from nni_labelfree.search_spaces import NasBench201Space
@@ -75,7 +76,7 @@ def test_saved_supernets_give_rotations_and_position_agreement(tmp_path):
     rotations = result['type_rotations'][str(a)]
     assert set(rotations) == {'fixed', 'nor_conv_3x3', 'nor_conv_1x1'}
     assert all(0 < r['cos'] < 1 and r['norm_growth'] > 0 for r in rotations.values())
-    cosines = anatomy.edge_cosines(*anatomy.load_supernet(a))
+    cosines = anatomy.edge_cosines(*load_saved_supernet(a))
     assert len(cosines) == 3 * 6 * 2  # cells x edges x conv ops
     assert result['mean_edge_cosines'].keys() == cosines.keys() and result['edge_cosines'][str(a)] == cosines
     for op, pairs in result['position_agreement'].items():
