@@ -14,7 +14,8 @@ Pi-NAS keeps its supernet channels-last by default (``PiNAS(channels_last=True)`
 does not do. Two baselines are therefore timed: ``RandomOneShot`` as NNI ships it (what a user switching strategy
 compares against) and ``RandomOneShot channels_last`` (the same layout, so the ratio is the algorithm's own
 overhead); ``--contiguous`` also times Pi-NAS in PyTorch's default layout, ``--teacher-precision bfloat16`` with
-its key passes under bf16 autocast (``PiNAS(teacher_precision='bfloat16')``).
+its key passes under bf16 autocast (``PiNAS(teacher_precision='bfloat16')``), ``--queue-precision bfloat16`` with
+the queue stored and multiplied in bf16 (``PiNAS(queue_precision='bfloat16')``), ``--both-precisions`` with both.
 
     python -m bench.pinas_step_time --channels 16 --cells 1 --batch 64 --steps 20 --rounds 3 --queues 49152,4096
 """
@@ -94,6 +95,10 @@ def main() -> None:
                         help='also time Pi-NAS with the first queue size in PyTorch\'s default layout')
     parser.add_argument('--teacher-precision', default=None, choices=('bfloat16', 'float16'),
                         help='also time Pi-NAS (first queue size) with its key passes in this autocast precision')
+    parser.add_argument('--queue-precision', default=None, choices=('bfloat16',),
+                        help='also time Pi-NAS (first queue size) with its queue products in this precision')
+    parser.add_argument('--both-precisions', action='store_true',
+                        help='also time Pi-NAS (first queue size) with bfloat16 key passes and queue products')
     parser.add_argument('--threads', type=int, default=1, help='torch threads (the reported numbers: 1)')
     parser.add_argument('--out', default=None)
     args = parser.parse_args()
@@ -114,6 +119,14 @@ def main() -> None:
         makers.append((f'PiNAS queue {queues[0]} teacher {args.teacher_precision}',
                        lambda seed: PiNAS(seed=seed, queue_size=queues[0], teacher_precision=args.teacher_precision),
                        False))
+    if args.queue_precision:
+        makers.append((f'PiNAS queue {queues[0]} queue {args.queue_precision}',
+                       lambda seed: PiNAS(seed=seed, queue_size=queues[0], queue_precision=args.queue_precision),
+                       False))
+    if args.both_precisions:
+        makers.append((f'PiNAS queue {queues[0]} teacher+queue bfloat16',
+                       lambda seed: PiNAS(seed=seed, queue_size=queues[0], teacher_precision='bfloat16',
+                                          queue_precision='bfloat16'), False))
     times: dict[str, list[float]] = {name: [] for name, _, _ in makers}
     for round_index in range(args.rounds + 1):  # round 0 warms up
         for name, make, channels_last in makers:

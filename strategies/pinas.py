@@ -49,7 +49,7 @@ from nni_labelfree.selection import space_choices
 from nni_labelfree.selection.linear_eval import select_architectures
 
 from .common import RankedOneShot
-from .pinas_module import STREAMS, TEACHER_PRECISIONS, PiNASModule
+from .pinas_module import QUEUE_PRECISIONS, STREAMS, TEACHER_PRECISIONS, PiNASModule
 from .pinas_parts import ContrastiveNetwork, count_paths
 
 __all__ = ['PiNAS', 'PiNASModule', 'PINAS_DEFAULTS']
@@ -113,6 +113,12 @@ class PiNAS(RankedOneShot, RandomOneShot):
         (the paper trains in fp16). The EMA weights, the keys in the queue and the loss stay float32; only the
         teacher's convolutions and linear layers run in reduced precision. On this project's AVX512-BF16 CPU that
         made a whole NAS-Bench-201 step only 4% faster (README, speed table); ``'float16'`` is meant for GPUs.
+    queue_precision
+        Storage precision of the queue and of the two products with it (negatives' logits forward, their
+        softmax times the queue backward): ``'float32'`` (default) or ``'bfloat16'``, which rounds the stored keys
+        and the product operands to bfloat16 but keeps the logits, the softmax sums and the positives in float32.
+        At the paper's 49152 keys the products are a large part of a small supernet's step; on AVX512-BF16 CPUs
+        they run about twice as fast in bfloat16 (README, speed table).
     """
 
     def __init__(self, *, seed: int = 0, temperature: float = 0.2, queue_size: int = 49152, momentum: float = 0.999,
@@ -125,7 +131,8 @@ class PiNAS(RankedOneShot, RandomOneShot):
                  held_out_images: int = 256, probe_images: int = 64, search: str = 'auto',
                  evolution: Mapping[str, Any] | None = None, constraint: Callable[[dict], bool] | None = None,
                  exhaustive_limit: int = 256, top_k: int = 10, filter: Callable[[dict], bool] | None = None,
-                 channels_last: bool = True, teacher_precision: str = 'float32', **kwargs: Any) -> None:
+                 channels_last: bool = True, teacher_precision: str = 'float32', queue_precision: str = 'float32',
+                 **kwargs: Any) -> None:
         super().__init__(filter=filter, **kwargs)
         _check_settings(temperature, queue_size, momentum, embedding_dim, num_views, selection, search)
         derive_seed(seed)
@@ -149,6 +156,10 @@ class PiNAS(RankedOneShot, RandomOneShot):
             raise ValueError(f'teacher_precision={teacher_precision!r} is not one of {tuple(TEACHER_PRECISIONS)}; '
                              "'float32' is the default, 'bfloat16' speeds up the key passes on CPUs.")
         self.teacher_precision = teacher_precision
+        if queue_precision not in QUEUE_PRECISIONS:
+            raise ValueError(f'queue_precision={queue_precision!r} is not one of {tuple(QUEUE_PRECISIONS)}; '
+                             "'float32' is the default, 'bfloat16' speeds up the products with the queue on CPUs.")
+        self.queue_precision = queue_precision
         self.batch_size: int | None = None
         self._module: PiNASModule | None = None
 

@@ -39,15 +39,21 @@ class _LogSumExpOverBank(torch.autograd.Function):
     Autograd's composition keeps the logits and recomputes their exponentials in the backward pass; here the
     forward exponentiates in place and keeps the (unnormalised) result, so the backward is one matrix product:
     ``d lse / d query = softmax @ bank``. At the paper's 49152 keys this is most of the queue's cost on a CPU.
+
+    A bank stored in lower precision than the queries (a bfloat16 queue) keeps the ``[N, K]`` tensor in the bank's
+    precision: both products, the shift by the row maximum and the exponentials run in it, while the row sums and
+    the results are accumulated and returned in the queries' precision. (Converting the ``[N, K]`` tensor to
+    float32 and back cost as much as the products saved.)
     """
 
     @staticmethod
     def forward(ctx, query: torch.Tensor, bank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        weights = query @ bank.t()
+        weights = query.to(bank.dtype) @ bank.t()
         top = weights.amax(1, keepdim=True)
-        total = weights.sub_(top).exp_().sum(1, keepdim=True)
+        total = weights.sub_(top).exp_().sum(1, keepdim=True, dtype=query.dtype)
         ctx.save_for_backward(weights, total, query, bank)
-        lse, top = (top + total.log()).squeeze(1), top.squeeze(1)
+        top = top.squeeze(1).to(query.dtype)
+        lse = top + total.squeeze(1).log()
         ctx.mark_non_differentiable(top)
         return lse, top
 
@@ -55,8 +61,8 @@ class _LogSumExpOverBank(torch.autograd.Function):
     def backward(ctx, grad_lse: torch.Tensor, grad_top: torch.Tensor) -> tuple:
         weights, total, query, bank = ctx.saved_tensors
         scale = grad_lse.unsqueeze(1) / total
-        grad_query = (weights @ bank) * scale if ctx.needs_input_grad[0] else None
-        grad_bank = (weights * scale).t() @ query if ctx.needs_input_grad[1] else None
+        grad_query = (weights @ bank).to(query.dtype) * scale if ctx.needs_input_grad[0] else None
+        grad_bank = ((weights.to(query.dtype) * scale).t() @ query).to(bank.dtype) if ctx.needs_input_grad[1] else None
         return grad_query, grad_bank
 
 
@@ -68,7 +74,9 @@ def info_nce(query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor,
     positive beats every negative. Both terms of a step go through one call (queries and keys stacked), so the
     queue is read by a single matrix product; the temperature scales the queries before it, the negatives'
     log-sum-exp is fused (:class:`_LogSumExpOverBank`) and the positive is combined by ``logaddexp``, so no
-    ``[N, 1 + K]`` logits tensor is built and the backward pass reads the queue once more.
+    ``[N, 1 + K]`` logits tensor is built and the backward pass reads the queue once more. A bfloat16 ``negatives``
+    bank runs the products with it and the exponentials in bfloat16 (sums and results in float32); the positive
+    stays in float32.
     """
     scaled = query / temperature
     positive = (scaled * key).sum(1)

@@ -36,6 +36,8 @@ STREAMS = {'queue': 0x5155, 'head': 0x4844, 'probe': 0x5052, 'eval': 0x4556, 'vi
 
 # teacher_precision -> autocast dtype of the key passes (None: plain float32)
 TEACHER_PRECISIONS = {'float32': None, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+# queue_precision -> storage dtype of the queue, and precision of the products with it
+QUEUE_PRECISIONS = {'float32': torch.float32, 'bfloat16': torch.bfloat16}
 
 
 class PiNASModule(RandomSamplingLightningModule):
@@ -64,6 +66,7 @@ class PiNASModule(RandomSamplingLightningModule):
         self.probe_paths: list[dict] | None = None
         self.similarity_matrix: torch.Tensor | None = None
         self.steps = 0
+        self._pending_keys: torch.Tensor | None = None  # this step's keys, enqueued after its backward pass
         self._sums: dict[str, float] = {}
         self._data_epoch = 0
         self.__dict__['_teacher'] = None  # kept out of the module tree: no optimiser, no DDP, no Lightning state
@@ -87,7 +90,8 @@ class PiNASModule(RandomSamplingLightningModule):
             self._switches['student'] = supernet_modules(network)
         if self.queue is None:
             self.queue = KeyQueue(strategy.queue_size, network.embedding_dim,
-                                  seed=derive_seed(strategy.seed, STREAMS['queue']))
+                                  seed=derive_seed(strategy.seed, STREAMS['queue']),
+                                  dtype=QUEUE_PRECISIONS[strategy.queue_precision])
         if strategy.mean_teacher and self.teacher is None:
             teacher = copy.deepcopy(network)
             teacher.requires_grad_(False)
@@ -124,7 +128,8 @@ class PiNASModule(RandomSamplingLightningModule):
     def _key(self, path: dict, images: torch.Tensor) -> torch.Tensor:
         """Unit keys of ``images`` through ``path`` from the teacher (or the student without a mean teacher)."""
         network = self.teacher if self.teacher is not None else self.network
-        network.train()
+        if not network.training:  # (a recursive call on every step costs a walk over all modules)
+            network.train()
         activate(self._switches['teacher' if self.teacher is not None else 'student'], path)
         dtype = TEACHER_PRECISIONS[self.strategy.teacher_precision]
         with torch.autocast(images.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -169,12 +174,23 @@ class PiNASModule(RandomSamplingLightningModule):
         return loss, acc
 
     def _enqueue(self, keys: torch.Tensor) -> None:
-        if self._trainer is None:  # driven by hand (tests): a single process
+        if self._trainer is None:  # driven by hand (tests): one process, and the caller may still backpropagate
             self.queue.enqueue(keys.detach())
             return
         gathered = self.all_gather(keys.detach())
-        gathered = gathered.flatten(0, 1) if gathered.dim() == 3 else gathered
-        self.queue.enqueue(gathered)
+        # The loss still holds the queue for the backward pass, so the keys wait for the batch's end and are then
+        # written in place (replacing the queue instead would copy all of it every step).
+        self._pending_keys = gathered.flatten(0, 1) if gathered.dim() == 3 else gathered
+
+    def _flush_keys(self) -> None:
+        """Enqueue the last step's keys (its backward pass is done)."""
+        if self._pending_keys is not None:
+            self.queue.enqueue(self._pending_keys, in_place=True)
+            self._pending_keys = None
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int, *args: Any, **kwargs: Any) -> None:
+        self._flush_keys()
+        return super().on_train_batch_end(outputs, batch, batch_idx, *args, **kwargs)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         views = self._views(batch)
@@ -338,6 +354,7 @@ class PiNASModule(RandomSamplingLightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self._ensure_state()
+        self._flush_keys()  # callbacks saving at a batch's end run before this module's on_train_batch_end
         if self._at_epoch_end():  # a callback saving at epoch end runs before this module's on_train_epoch_end
             self.epoch_metrics()
         teacher = None if self.teacher is None else {k: v.detach().cpu().clone()
@@ -353,6 +370,7 @@ class PiNASModule(RandomSamplingLightningModule):
         if state is None:
             return
         self._ensure_state()
+        self._pending_keys = None
         if (state['teacher'] is None) != (self.teacher is None):
             raise ValueError('The checkpoint was trained with mean_teacher='
                              f'{state["teacher"] is not None}; resume with the same setting.')

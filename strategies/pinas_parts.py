@@ -289,13 +289,16 @@ class KeyQueue:
         Key width.
     seed
         Seeds the initial noise.
+    dtype
+        Storage precision of the keys (float32, or bfloat16 for :func:`~strategies.pinas_loss.info_nce`'s
+        reduced-precision products with the queue); enqueued keys are rounded to it.
     """
 
-    def __init__(self, size: int, dim: int, seed: int = 0):
+    def __init__(self, size: int, dim: int, seed: int = 0, dtype: torch.dtype = torch.float32):
         if not isinstance(size, int) or size < 1:
             raise ValueError(f'queue_size must be a positive integer (Pi-NAS: 49152), got {size!r}.')
         generator = torch.Generator().manual_seed(seed)
-        self.keys = F.normalize(torch.randn(size, dim, generator=generator), dim=1)
+        self.keys = F.normalize(torch.randn(size, dim, generator=generator), dim=1).to(dtype)
         self.pointer = 0
         self.filled = 0  # keys enqueued so far (capped at size): how much of the queue is real data
 
@@ -303,16 +306,24 @@ class KeyQueue:
     def size(self) -> int:
         return len(self.keys)
 
-    def enqueue(self, keys: torch.Tensor) -> None:
-        """Append ``keys`` ``[B, dim]`` (``B <= size``), dropping the ``B`` oldest."""
+    def enqueue(self, keys: torch.Tensor, in_place: bool = False) -> None:
+        """Append ``keys`` ``[B, dim]`` (``B <= size``), dropping the ``B`` oldest.
+
+        By default the queue tensor is replaced, not written: a loss that read it as negatives may still need the
+        old one for its backward pass. ``in_place=True`` writes the ``B`` rows only (no copy of the whole queue);
+        use it once no autograd graph holds the queue, as :class:`~strategies.pinas_module.PiNASModule` does after
+        each step's backward pass.
+        """
         if keys.dim() != 2 or keys.shape[1] != self.keys.shape[1]:
             raise ValueError(f'keys must be [B, {self.keys.shape[1]}], got {tuple(keys.shape)}.')
         if len(keys) > self.size:
             raise ValueError(f'A batch of {len(keys)} keys does not fit a queue of {self.size}: raise queue_size to '
                              f'at least the global batch (ideally a multiple of it) or lower the batch size.')
         rows = ((self.pointer + torch.arange(len(keys))) % self.size).to(self.keys.device)
-        # Out of place: the previous tensor may still be needed by autograd (the loss read it as negatives).
-        self.keys = self.keys.index_copy(0, rows, keys.detach().to(self.keys))
+        if in_place:
+            self.keys.index_copy_(0, rows, keys.detach().to(self.keys))
+        else:
+            self.keys = self.keys.index_copy(0, rows, keys.detach().to(self.keys))
         self.pointer = int((self.pointer + len(keys)) % self.size)
         self.filled = min(self.size, self.filled + len(keys))
 

@@ -12,7 +12,8 @@ from nni_labelfree.experiment.trial import parse_set_flags
 VALID_KEYS = sorted(f.name for f in dataclasses.fields(SearchConfig))
 
 # Keys with a closed set of values, and keys that must be positive integers (config.py).
-CHOICE_KEYS = ('strategy', 'label_mode', 'search', 'angle_fixed', 'angle_pool', 'angle_skip', 'angle_edges')
+CHOICE_KEYS = ('strategy', 'label_mode', 'search', 'angle_fixed', 'angle_pool', 'angle_skip', 'angle_edges',
+               'teacher_precision', 'queue_precision')
 POSITIVE_INT_KEYS = ('channels', 'cells_per_stage', 'image_size', 'num_classes', 'epochs', 'batch_size')
 
 

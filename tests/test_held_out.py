@@ -53,6 +53,13 @@ def test_pinas_search_trains_on_one_part_and_selects_on_the_other():
     assert rlnas.held_out_images is None and len(rlnas.train_images) == 50
 
 
+def test_pinas_precision_keys_reach_the_strategy():
+    config = resolve_config({'strategy': 'pinas', 'data': 'noise', 'channels': 4, 'num_images': 50, 'batch_size': 8,
+                             'teacher_precision': 'bfloat16', 'queue_precision': 'bfloat16'})
+    strategy = build_search(config).strategy
+    assert (strategy.teacher_precision, strategy.queue_precision) == ('bfloat16', 'bfloat16')
+
+
 def test_pinas_searches_from_before_the_split_resume_as_they_ran():
     old = {'strategy': 'pinas', 'seed': 0}
     assert with_keys_added_later(old)['held_out_fraction'] == 0.0
@@ -62,6 +69,8 @@ def test_pinas_searches_from_before_the_split_resume_as_they_ran():
     assert with_keys_added_later(old)['queue_fraction'] == 0.5
     assert with_keys_added_later({**old, 'queue_size': 64})['queue_fraction'] == 0.08
     assert with_keys_added_later({'strategy': 'rlnas'})['queue_fraction'] == 0.08
+    assert with_keys_added_later(old)['queue_precision'] == 'float32'  # and their queue was float32
+    assert with_keys_added_later({**old, 'queue_precision': 'bfloat16'})['queue_precision'] == 'bfloat16'
 
 
 @pytest.mark.parametrize('images, fraction, batch, expected', [

@@ -182,6 +182,43 @@ def test_key_queue_is_first_in_first_out():
         queue.enqueue(torch.randn(11, 4))
 
 
+def test_key_queue_writes_in_place_only_when_asked():
+    batches = [torch.randn(4, 3, generator=torch.Generator().manual_seed(k)) for k in range(4)]
+    copied, written = KeyQueue(6, 3, seed=1), KeyQueue(6, 3, seed=1)
+    storage = written.keys.data_ptr()
+    for keys in batches:
+        held = copied.keys
+        copied.enqueue(keys)
+        assert copied.keys is not held  # a tensor a loss still holds for its backward pass is left as it was
+        written.enqueue(keys, in_place=True)
+    assert written.keys.data_ptr() == storage
+    assert torch.equal(written.keys, copied.keys) and written.pointer == copied.pointer == 4
+    assert torch.equal(written.ordered(), torch.cat(batches)[-6:])
+
+
+def test_bfloat16_queue_stores_bfloat16_keys_and_gives_float32_loss_and_gradient_close_to_float32():
+    generator = torch.Generator().manual_seed(2)
+
+    def unit(*shape):
+        return torch.nn.functional.normalize(torch.randn(*shape, generator=generator), dim=1)
+    queue = KeyQueue(512, 16, seed=0, dtype=torch.bfloat16)
+    queue.enqueue(unit(8, 16), in_place=True)
+    assert queue.keys.dtype == torch.bfloat16
+    query, key = unit(8, 16).requires_grad_(), unit(8, 16)
+    key[:4] = query[:4].detach() + 0.1 * key[:4]  # some positives the negatives cannot all beat
+    results = {}
+    for name, bank in (('float32', queue.keys.float()), ('bfloat16', queue.keys)):
+        loss, accuracy = info_nce(query, key, bank, 0.2)
+        grad, = torch.autograd.grad(loss, query)
+        assert loss.dtype == grad.dtype == torch.float32
+        results[name] = loss, accuracy, grad
+    (loss32, acc32, grad32), (loss16, acc16, grad16) = results['float32'], results['bfloat16']
+    assert not torch.equal(grad16, grad32)  # the products did run in bfloat16
+    assert abs(float(loss16 - loss32)) < 1e-2 * float(loss32)
+    assert float((grad16 - grad32).norm() / grad32.norm()) < 2e-2
+    assert float(acc16) == float(acc32)
+
+
 def test_training_steps_enqueue_the_mean_key_of_each_step():
     strategy = PiNAS(**SMALL)
     _, lightning, module = _driven(strategy, _nb201())
@@ -255,6 +292,33 @@ def _fit(epochs, ckpt_path=None, save_to=None):
         lightning.fit_kwargs['ckpt_path'] = str(ckpt_path)
     lightning.evaluate(net)
     return lightning.module
+
+
+class SaveAfterBatch(Callback):
+    """Saves a checkpoint at one batch's end, before the module's own on_train_batch_end runs; notes where the
+    queue's storage is at every batch's end."""
+
+    def __init__(self, path, batch):
+        self.path, self.batch, self.storage = path, batch, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.storage.append(pl_module.queue.keys.data_ptr())
+        if batch_idx == self.batch:
+            trainer.save_checkpoint(str(self.path), weights_only=False)
+
+
+def test_lightning_steps_write_the_queue_in_place_and_a_checkpoint_at_a_batch_end_holds_that_batch(tmp_path):
+    strategy = PiNAS(**SMALL)
+    net = strategy.mutate_model(_nb201(seed=1))
+    saver = SaveAfterBatch(tmp_path / 'batch1.ckpt', 1)
+    lightning = strategy.mutate_evaluator(_evaluator(_images(32), epochs=1, batch=8, callbacks=[saver]))
+    module = lightning.module
+    lightning.evaluate(net)
+    assert module.steps == 4 and module.queue.pointer == 32 and module.queue.filled == 32
+    assert len(saver.storage) == 4 and set(saver.storage) == {module.queue.keys.data_ptr()}  # never copied
+    state = torch.load(tmp_path / 'batch1.ckpt', weights_only=False)['pinas']['queue']
+    assert state['pointer'] == 16 and state['filled'] == 16  # both batches' keys, the second's included
+    assert torch.equal(state['keys'][8:16], module.queue.keys[8:16])  # and the keys written then are kept
 
 
 def test_a_resumed_search_continues_exactly(tmp_path):
@@ -378,7 +442,8 @@ def test_bad_input_is_refused_with_the_fix():
     for kwargs, message in ((dict(temperature=0), 'temperature'), (dict(num_views=3), 'num_views'),
                             (dict(selection='best'), 'selection'), (dict(momentum=1.5), 'momentum'),
                             (dict(key_bn_groups=0), 'key_bn_groups'),
-                            (dict(teacher_precision='int8'), 'teacher_precision=.int8. is not one of')):
+                            (dict(teacher_precision='int8'), 'teacher_precision=.int8. is not one of'),
+                            (dict(queue_precision='float16'), 'queue_precision=.float16. is not one of')):
         with pytest.raises(ValueError, match=message):
             PiNAS(**kwargs)
     strategy = PiNAS(**{**SMALL, 'selection': 'linear_eval'})

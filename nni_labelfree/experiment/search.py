@@ -175,7 +175,7 @@ def _build_strategy(config: SearchConfig, space: torch.nn.Module, num_images: in
                      momentum=config.ema_momentum, cross_path=config.cross_path, mean_teacher=config.mean_teacher,
                      negatives=config.negatives, selection=config.selection, search=config.search,
                      evolution=config.evolution, constraint=constraint, channels_last=config.channels_last,
-                     teacher_precision=config.teacher_precision)
+                     teacher_precision=config.teacher_precision, queue_precision=config.queue_precision)
     chosen = {'fixed': config.angle_fixed, 'pool': config.angle_pool, 'skip': config.angle_skip,
               'edges': config.angle_edges}
     policy = AnglePolicy(**{**getattr(space, 'angle_policy_defaults', {}),
@@ -285,13 +285,14 @@ def _resume_point(config: SearchConfig, checkpoints: Path, rank: int) -> Path | 
 def with_keys_added_later(saved: dict) -> dict:
     """A saved configuration with the keys added since, set to what such a search did: UnNAS did not augment
     (resume it with pretext_augment false), Pi-NAS held no images out (held_out_fraction 0) and sized a default
-    queue at half the images (queue_fraction 0.5) and ran its teacher in float32, and RLNAS scored each edge's own
+    queue at half the images (queue_fraction 0.5) and ran its teacher and queue in float32, and RLNAS scored each edge's own
     candidates (angle_edges null); other strategies ignore these keys."""
     pinas = saved.get('strategy') == 'pinas'
     return {'pretext_augment': saved.get('strategy') != 'unnas',
             'held_out_fraction': 0.0 if pinas else SearchConfig.held_out_fraction,
             'queue_fraction': 0.5 if pinas and saved.get('queue_size') is None else SearchConfig.queue_fraction,
             'teacher_precision': SearchConfig.teacher_precision,
+            'queue_precision': SearchConfig.queue_precision,
             'angle_edges': SearchConfig.angle_edges,
             **saved}
 
