@@ -110,15 +110,16 @@ class PiNAS(RankedOneShot, RandomOneShot):
         fastest layout on CPUs (a NAS-Bench-201 step about twice as fast here); ``False`` keeps PyTorch's default.
     teacher_precision
         Precision of the teacher's key passes: ``'float32'`` (default) or ``'bfloat16'`` / ``'float16'`` autocast
-        (the paper trains in fp16). The EMA weights, the keys in the queue and the loss stay float32; only the
+        (the paper trains in fp16). The EMA weights stay float32 and the keys come out in float32; only the
         teacher's convolutions and linear layers run in reduced precision. On this project's AVX512-BF16 CPU that
-        made a whole NAS-Bench-201 step only 4% faster (README, speed table); ``'float16'`` is meant for GPUs.
+        made a NAS-Bench-201 step 7% faster (README, speed table); ``'float16'`` is meant for GPUs.
     queue_precision
-        Storage precision of the queue and of the two products with it (negatives' logits forward, their
-        softmax times the queue backward): ``'float32'`` (default) or ``'bfloat16'``, which rounds the stored keys
-        and the product operands to bfloat16 but keeps the logits, the softmax sums and the positives in float32.
-        At the paper's 49152 keys the products are a large part of a small supernet's step; on AVX512-BF16 CPUs
-        they run about twice as fast in bfloat16 (README, speed table).
+        Storage precision of the queue and of the work over all its keys: ``'float32'`` (default) or
+        ``'bfloat16'``, which stores the keys in bfloat16 and computes the negatives' ``[N, K]`` logits, their
+        shift by the row maximum, their exponentials and the backward product with the queue in bfloat16; the
+        row sums, the log-sum-exp, the positives and every gradient reaching the network stay float32. At the
+        paper's 49152 keys this work is a large part of a small supernet's step, and on this AVX512-BF16 CPU the
+        queue loss runs about twice as fast (README, speed table).
     """
 
     def __init__(self, *, seed: int = 0, temperature: float = 0.2, queue_size: int = 49152, momentum: float = 0.999,

@@ -174,6 +174,7 @@ class PiNASModule(RandomSamplingLightningModule):
         return loss, acc
 
     def _enqueue(self, keys: torch.Tensor) -> None:
+        self._flush_keys(in_place=False)  # keys left by a step whose batch end never came (driven by hand after a fit)
         if self._trainer is None:  # driven by hand (tests): one process, and the caller may still backpropagate
             self.queue.enqueue(keys.detach())
             return
@@ -182,10 +183,10 @@ class PiNASModule(RandomSamplingLightningModule):
         # written in place (replacing the queue instead would copy all of it every step).
         self._pending_keys = gathered.flatten(0, 1) if gathered.dim() == 3 else gathered
 
-    def _flush_keys(self) -> None:
-        """Enqueue the last step's keys (its backward pass is done)."""
+    def _flush_keys(self, in_place: bool = True) -> None:
+        """Enqueue the last step's keys; in place only where its backward pass is known to be done."""
         if self._pending_keys is not None:
-            self.queue.enqueue(self._pending_keys, in_place=True)
+            self.queue.enqueue(self._pending_keys, in_place=in_place)
             self._pending_keys = None
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int, *args: Any, **kwargs: Any) -> None:
@@ -354,7 +355,9 @@ class PiNASModule(RandomSamplingLightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self._ensure_state()
-        self._flush_keys()  # callbacks saving at a batch's end run before this module's on_train_batch_end
+        # Callbacks saving at a batch's end run before this module's on_train_batch_end; out of place, so that a
+        # save from inside a step (before its backward pass) cannot touch the queue the loss holds.
+        self._flush_keys(in_place=False)
         if self._at_epoch_end():  # a callback saving at epoch end runs before this module's on_train_epoch_end
             self.epoch_metrics()
         teacher = None if self.teacher is None else {k: v.detach().cpu().clone()

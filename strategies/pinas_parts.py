@@ -309,10 +309,15 @@ class KeyQueue:
     def enqueue(self, keys: torch.Tensor, in_place: bool = False) -> None:
         """Append ``keys`` ``[B, dim]`` (``B <= size``), dropping the ``B`` oldest.
 
-        By default the queue tensor is replaced, not written: a loss that read it as negatives may still need the
-        old one for its backward pass. ``in_place=True`` writes the ``B`` rows only (no copy of the whole queue);
-        use it once no autograd graph holds the queue, as :class:`~strategies.pinas_module.PiNASModule` does after
-        each step's backward pass.
+        Parameters
+        ----------
+        keys
+            The new keys (converted to the queue's device and precision).
+        in_place
+            ``False`` (default) replaces the queue tensor instead of writing it: a loss that read it as negatives
+            may still need the old one for its backward pass. ``True`` writes the ``B`` rows only (no copy of the
+            whole queue); use it once no autograd graph holds the queue, as
+            :class:`~strategies.pinas_module.PiNASModule` does after each step's backward pass.
         """
         if keys.dim() != 2 or keys.shape[1] != self.keys.shape[1]:
             raise ValueError(f'keys must be [B, {self.keys.shape[1]}], got {tuple(keys.shape)}.')
@@ -342,5 +347,6 @@ class KeyQueue:
         if tuple(state['keys'].shape) != tuple(self.keys.shape):
             raise ValueError(f'The checkpoint\'s queue is {tuple(state["keys"].shape)} but this search uses '
                              f'{tuple(self.keys.shape)}: resume with the original queue_size and embedding_dim.')
-        self.keys = state['keys'].to(self.keys)
+        # a copy, converted to this queue's device and precision: rows are later written in place
+        self.keys = state['keys'].to(self.keys, copy=True)
         self.pointer, self.filled = int(state['pointer']), int(state['filled'])

@@ -285,8 +285,8 @@ def _resume_point(config: SearchConfig, checkpoints: Path, rank: int) -> Path | 
 def with_keys_added_later(saved: dict) -> dict:
     """A saved configuration with the keys added since, set to what such a search did: UnNAS did not augment
     (resume it with pretext_augment false), Pi-NAS held no images out (held_out_fraction 0) and sized a default
-    queue at half the images (queue_fraction 0.5) and ran its teacher and queue in float32, and RLNAS scored each edge's own
-    candidates (angle_edges null); other strategies ignore these keys."""
+    queue at half the images (queue_fraction 0.5) and ran its teacher and queue in float32, and RLNAS scored each
+    edge's own candidates (angle_edges null); other strategies ignore these keys."""
     pinas = saved.get('strategy') == 'pinas'
     return {'pretext_augment': saved.get('strategy') != 'unnas',
             'held_out_fraction': 0.0 if pinas else SearchConfig.held_out_fraction,
