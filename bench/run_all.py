@@ -34,8 +34,10 @@ def speed_benchmarks() -> None:
                          ('gpu_dispatch', ['--trials', '6', '--rounds', '2'])):
         if _run(module, *args, '--out', str(RESULTS / f'{module}.json')).wait() != 0:
             raise SystemExit(f'benchmark {module} failed')
-    pinas_args = ['--channels', '16', '--cells', '1', '--batch', '64', '--steps', '20', '--rounds', '3']
-    if _run('pinas_step_time', *pinas_args, '--out', str(RESULTS / 'pinas_step_time.json')).wait() != 0:
+    pinas_args = ['--channels', '16', '--cells', '1', '--batch', '64', '--steps', '20', '--rounds', '5',
+                  '--queues', '49152,4096', '--teacher-precision', 'bfloat16', '--queue-precision', 'bfloat16',
+                  '--both-precisions']
+    if _run('pinas_step_time', *pinas_args, '--out', str(RESULTS / 'pinas_step_time_precision.json')).wait() != 0:
         raise SystemExit('benchmark pinas_step_time failed')
 
 
@@ -99,8 +101,9 @@ def main() -> None:
         path = RESULTS / f'{name}.json'
         if path.exists():
             summary.append(f'### {name}\n```json\n{path.read_text().strip()}\n```')
-    if (RESULTS / 'pinas_step_time.json').exists():
-        summary.append(f'### pinas_step_time\n```json\n{(RESULTS / "pinas_step_time.json").read_text().strip()}\n```')
+    if (RESULTS / 'pinas_step_time_precision.json').exists():
+        text = (RESULTS / 'pinas_step_time_precision.json').read_text().strip()
+        summary.append(f'### pinas_step_time\n```json\n{text}\n```')
     if (RESULTS / 'search_quality').exists():
         summary.append('### search quality\n' + quality_table())
     (RESULTS / 'summary.md').write_text('\n\n'.join(summary) + '\n')
