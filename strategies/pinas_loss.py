@@ -41,10 +41,9 @@ class _LogSumExpOverBank(torch.autograd.Function):
     ``d lse / d query = softmax @ bank``. At the paper's 49152 keys this is most of the queue's cost on a CPU.
 
     A bank stored in lower precision than the queries (a bfloat16 queue) keeps the ``[N, K]`` tensor in the bank's
-    precision: both products, the shift by the row maximum and the exponentials run in it, while the row sums and
-    the results are accumulated and returned in the queries' precision. (Holding the ``[N, K]`` tensor in float32
-    instead, converted after the forward product and back for the backward one, lost about all the products
-    saved on this CPU.)
+    precision: the forward product, the shift by the row maximum, the exponentials and the query-gradient product
+    run in it, while the row sums, the log-sum-exp and the query gradient are in the queries' precision. A bank
+    gradient, if one is needed, is computed in the queries' precision and returned in the bank's.
     """
 
     @staticmethod
