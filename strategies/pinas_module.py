@@ -40,6 +40,26 @@ TEACHER_PRECISIONS = {'float32': None, 'bfloat16': torch.bfloat16, 'float16': to
 QUEUE_PRECISIONS = {'float32': torch.float32, 'bfloat16': torch.bfloat16}
 
 
+def cpu_has_native_bfloat16() -> bool:
+    """Whether oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 or AMX); False when it cannot tell."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def slow_bfloat16_note(device: torch.device, teacher_precision: str, queue_precision: str,
+                       native: Callable[[], bool] | None = None) -> str | None:
+    """A warning for bfloat16 options on a CPU that would emulate bfloat16 (slower than float32), else None."""
+    chosen = [f"{name}='bfloat16'" for name, value in (('teacher_precision', teacher_precision),
+                                                       ('queue_precision', queue_precision)) if value == 'bfloat16']
+    if not chosen or torch.device(device).type != 'cpu' or (native or cpu_has_native_bfloat16)():
+        return None
+    return (f'PiNAS: {" and ".join(chosen)} on a CPU without native bfloat16 (AVX512-BF16 or AMX): oneDNN emulates '
+            'it there, which is usually slower than float32. Use float32 on this machine; the option pays off on '
+            'CPUs with AVX512-BF16/AMX and on GPUs.')
+
+
 class PiNASModule(RandomSamplingLightningModule):
     """The Lightning module behind :class:`PiNAS`: the contrastive step, the teacher, the queue, the probes.
 
@@ -244,6 +264,10 @@ class PiNASModule(RandomSamplingLightningModule):
     # -- epochs and probes ----------------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
         self._ensure_state()
+        note = slow_bfloat16_note(self.device, self.strategy.teacher_precision, self.strategy.queue_precision)
+        if note:
+            _logger.warning(note)
+            warnings.warn(note, RuntimeWarning)
         if self.teacher is not None:
             self.teacher.to(self.device)
         self.queue.to(self.device)

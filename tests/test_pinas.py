@@ -196,6 +196,27 @@ def test_key_queue_writes_in_place_only_when_asked():
     assert torch.equal(written.ordered(), torch.cat(batches)[-6:])
 
 
+def test_bfloat16_options_warn_only_on_a_cpu_that_would_emulate_bfloat16():
+    from nni_labelfree.strategies.pinas_module import slow_bfloat16_note
+    cpu, gpu = torch.device('cpu'), torch.device('cuda')
+    note = slow_bfloat16_note(cpu, 'float32', 'bfloat16', native=lambda: False)
+    assert "queue_precision='bfloat16'" in note and 'teacher_precision' not in note and 'Use float32' in note
+    assert "teacher_precision='bfloat16' and queue_precision='bfloat16'" in slow_bfloat16_note(
+        cpu, 'bfloat16', 'bfloat16', native=lambda: False)
+    assert slow_bfloat16_note(cpu, 'bfloat16', 'bfloat16', native=lambda: True) is None  # AVX512-BF16 / AMX
+    assert slow_bfloat16_note(gpu, 'bfloat16', 'float32', native=lambda: False) is None  # not a CPU question
+    assert slow_bfloat16_note(cpu, 'float32', 'float32', native=lambda: False) is None
+    assert slow_bfloat16_note(cpu, 'float16', 'float32', native=lambda: False) is None  # float16: meant for GPUs
+
+
+def test_a_search_with_bfloat16_on_an_emulating_cpu_warns_and_still_trains(tmp_path, monkeypatch):
+    from nni_labelfree.strategies import pinas_module
+    monkeypatch.setattr(pinas_module, 'cpu_has_native_bfloat16', lambda: False)
+    with pytest.warns(RuntimeWarning, match="queue_precision='bfloat16' on a CPU without native bfloat16"):
+        module, _ = _fit_noting_the_queue(tmp_path, queue_precision='bfloat16')
+    assert module.steps == 4
+
+
 def test_bfloat16_bank_log_sum_exp_sums_in_float32_and_returns_float32():
     generator = torch.Generator().manual_seed(3)
     query = (torch.nn.functional.normalize(torch.randn(6, 16, generator=generator), dim=1) / 0.2).requires_grad_()
