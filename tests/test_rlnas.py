@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from pytorch_lightning import Callback
 from torch.utils.data import TensorDataset
 
 from nni.nas.evaluator.pytorch import Classification, DataLoader
@@ -183,3 +184,31 @@ def test_angle_edges_reaches_rlnas_and_old_configs_resume_with_each_edges_own_we
     # a search saved before the key existed scored each edge's own weights
     assert with_keys_added_later({'strategy': 'rlnas', 'seed': 0})['angle_edges'] is None
     assert with_keys_added_later({'strategy': 'rlnas', 'angle_edges': 'cell_mean'})['angle_edges'] == 'cell_mean'
+
+
+class _LabelsSeen(Callback):
+    """The labels of every training batch, per epoch."""
+
+    def __init__(self):
+        self.epochs: dict[int, list] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.epochs.setdefault(trainer.current_epoch, []).append(batch[1].clone())
+
+
+def test_per_iteration_labels_reach_persistent_worker_processes():
+    """A user's loader with persistent workers must not freeze per-iteration labels at epoch 0's."""
+    dataset, seen = _data(n=64), _LabelsSeen()
+    loader = DataLoader(dataset, batch_size=32, shuffle=False, num_workers=1, persistent_workers=True)
+    evaluator = Classification(train_dataloaders=loader, val_dataloaders=DataLoader(dataset, batch_size=32),
+                               num_classes=10, learning_rate=0.01, max_epochs=3, enable_progress_bar=False,
+                               logger=False, enable_checkpointing=False, enable_model_summary=False,
+                               limit_val_batches=0, callbacks=[seen])
+    strategy = RLNAS(seed=4, label_mode='uniform_per_iteration')
+    torch.manual_seed(0)
+    NasExperiment(NasBench201Space(channels=4, cells_per_stage=1), evaluator, strategy).run()
+    expected = RandomLabelDataset(dataset, 10, 'uniform_per_iteration', seed=4)
+    for epoch in range(3):
+        expected.set_epoch(epoch)
+        assert torch.equal(torch.cat(seen.epochs[epoch]), expected.labels), epoch  # sequential order: index order
+    assert not torch.equal(torch.cat(seen.epochs[0]), torch.cat(seen.epochs[1]))
