@@ -210,3 +210,28 @@ def test_parsed_set_flags_resolve():
 def test_scientific_notation_parses_as_float(pair, expected):
     value = parse_set_flags([pair])[pair.split('=', 1)[0]]
     assert isinstance(value, float) and value == pytest.approx(expected)
+
+
+# --- ResNeSt stage depths ---------------------------------------------------------------------------------------
+def test_stage_depths_build_resnest_in_the_papers_layout():
+    from nni_labelfree.experiment.search import _build_space
+    config = resolve_config({'strategy': 'pinas', 'space': 'resnest', 'channels': 4},
+                            parse_set_flags(['stage_depths=[3,4,6,3]']))
+    assert config.stage_depths == [3, 4, 6, 3]
+    space = _build_space(config, num_classes=10)
+    assert space.depths == (3, 4, 6, 3) and len(space.simplify()) == 16  # one choice per block: 4^16 paths
+    flat = _build_space(resolve_config({'strategy': 'pinas', 'space': 'resnest', 'channels': 4,
+                                        'cells_per_stage': 2}), num_classes=10)
+    assert flat.depths == (2, 2, 2, 2)  # null: cells_per_stage in every stage, as before the key existed
+
+
+@pytest.mark.parametrize('layer, message', [
+    ({'space': 'resnest', 'stage_depths': [3, 4, 6]}, '4 positive integers'),
+    ({'space': 'resnest', 'stage_depths': [3, 0, 6, 3]}, '4 positive integers'),
+    ({'space': 'resnest', 'stage_depths': [3, 4, 6, 3.5]}, '4 positive integers'),
+    ({'space': 'resnest', 'stage_depths': '3,4,6,3'}, '4 positive integers'),
+    ({'space': 'nasbench201', 'stage_depths': [3, 4, 6, 3]}, 'applies to space=resnest only'),
+])
+def test_bad_stage_depths_are_refused_with_the_fix(layer, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_config(layer)

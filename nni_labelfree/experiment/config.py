@@ -29,6 +29,8 @@ class SearchConfig:
     space: str = 'nasbench201'          # a name from nni_labelfree.search_spaces.list_spaces()
     channels: int = 16                  # first-stage width of the space (NAS-Bench-201 paper: 16)
     cells_per_stage: int = 1            # searchable cells per stage (NAS-Bench-201 paper: 5)
+    stage_depths: list | None = None    # resnest only: blocks per stage, 4 positive integers (Pi-NAS's ResNet-50
+                                        # layout: [3, 4, 6, 3]); null: cells_per_stage blocks in every stage
     num_cells: int = 5                  # DARTS space only: cells in all, two of them reductions (paper: 8)
     task: str = 'rotation'              # UnNAS only: rotation | colorization | jigsaw | supervised (DARTS control)
     pretext_augment: bool = True        # UnNAS only: random crop (zero padding min(H, W) // 8) and flip of each image
@@ -233,6 +235,19 @@ def _validate(config: SearchConfig) -> None:
         raise ValueError(f'Configuration ema_momentum must be in [0, 1), got {config.ema_momentum!r}.')
     if not isinstance(config.evolution, dict):
         raise ValueError(f'Configuration evolution must be a mapping of evolve() arguments, got {config.evolution!r}.')
+    _check_stage_depths(config.stage_depths, config.space)
+
+
+def _check_stage_depths(depths: Any, space: str) -> None:
+    if depths is None:
+        return
+    if space != 'resnest':
+        raise ValueError(f'Configuration stage_depths={depths!r} applies to space=resnest only (its four stages); '
+                         f'{space} takes cells_per_stage. Set stage_depths to null.')
+    if (not isinstance(depths, (list, tuple)) or len(depths) != 4
+            or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in depths)):
+        raise ValueError(f'Configuration stage_depths must be 4 positive integers, the blocks of ResNeSt\'s four '
+                         f'stages (Pi-NAS: [3, 4, 6, 3]), or null, got {depths!r}.')
 
 
 def _check_number(key: str, value: Any, optional: bool, positive: bool) -> None:

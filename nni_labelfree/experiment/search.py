@@ -120,9 +120,10 @@ def _build_space(config: SearchConfig, num_classes: int) -> torch.nn.Module:
                             in_channels=in_channels, stem='cifar' if config.image_size <= 64 else 'imagenet',
                             channel_divisor=8 if config.channels >= RLNAS_WIDTHS[1] else 4)
     if config.space == 'resnest':
-        # channels = the first stage's bottleneck width (ResNeSt-50: 64), cells_per_stage = blocks per stage (the
-        # paper: 3, 4, 6, 3 from cells_per_stage=0 is not expressible: use the YAML's depths via the Python API).
-        return create_space('resnest', base_width=config.channels, depths=(config.cells_per_stage,) * 4,
+        # channels = the first stage's bottleneck width (ResNeSt-50: 64); stage_depths = blocks per stage (Pi-NAS:
+        # 3, 4, 6, 3), or cells_per_stage blocks in every stage when it is null.
+        depths = tuple(config.stage_depths) if config.stage_depths is not None else (config.cells_per_stage,) * 4
+        return create_space('resnest', base_width=config.channels, depths=depths,
                             num_classes=num_classes, in_channels=in_channels,
                             stem='cifar' if config.image_size <= 64 else 'imagenet')
     return create_space(config.space, channels=config.channels, cells_per_stage=config.cells_per_stage,
@@ -285,14 +286,16 @@ def _resume_point(config: SearchConfig, checkpoints: Path, rank: int) -> Path | 
 def with_keys_added_later(saved: dict) -> dict:
     """A saved configuration with the keys added since, set to what such a search did: UnNAS did not augment
     (resume it with pretext_augment false), Pi-NAS held no images out (held_out_fraction 0) and sized a default
-    queue at half the images (queue_fraction 0.5) and ran its teacher and queue in float32, and RLNAS scored each
-    edge's own candidates (angle_edges null); other strategies ignore these keys."""
+    queue at half the images (queue_fraction 0.5) and ran its teacher and queue in float32, RLNAS scored each
+    edge's own candidates (angle_edges null), and ResNeSt had cells_per_stage blocks in every stage (stage_depths
+    null); other strategies ignore these keys."""
     pinas = saved.get('strategy') == 'pinas'
     return {'pretext_augment': saved.get('strategy') != 'unnas',
             'held_out_fraction': 0.0 if pinas else SearchConfig.held_out_fraction,
             'queue_fraction': 0.5 if pinas and saved.get('queue_size') is None else SearchConfig.queue_fraction,
             'teacher_precision': SearchConfig.teacher_precision,
             'queue_precision': SearchConfig.queue_precision,
+            'stage_depths': SearchConfig.stage_depths,
             'angle_edges': SearchConfig.angle_edges,
             **saved}
 
