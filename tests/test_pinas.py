@@ -343,17 +343,19 @@ class SaveAfterBatch(Callback):
             trainer.save_checkpoint(str(self.path), weights_only=False)
 
 
-def _fit_noting_the_queue(tmp_path, save_after=None, **overrides):
+def _fit_noting_the_queue(tmp_path, save_after=None, trainer=None, **overrides):
     strategy = PiNAS(**{**SMALL, **overrides})
     net = strategy.mutate_model(_nb201(seed=1))
     saver = SaveAfterBatch(tmp_path / 'batch.ckpt', save_after)
-    lightning = strategy.mutate_evaluator(_evaluator(_images(32), epochs=1, batch=8, callbacks=[saver]))
+    lightning = strategy.mutate_evaluator(_evaluator(_images(32), epochs=1, batch=8, callbacks=[saver],
+                                                     **(trainer or {})))
     lightning.evaluate(net)
     return lightning.module, saver
 
 
-def test_lightning_steps_write_the_queue_in_place(tmp_path):
-    module, saver = _fit_noting_the_queue(tmp_path)
+@pytest.mark.parametrize('accumulate', [1, 2])
+def test_lightning_steps_write_the_queue_in_place(tmp_path, accumulate):
+    module, saver = _fit_noting_the_queue(tmp_path, trainer={'accumulate_grad_batches': accumulate})
     assert module.steps == 4 and module.queue.pointer == 32 and module.queue.filled == 32
     assert len(saver.storage) == 4 and set(saver.storage) == {module.queue.keys.data_ptr()}  # never copied
 
