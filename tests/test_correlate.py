@@ -81,6 +81,7 @@ def test_collect_from_trial_files(tmp_path):
     (['--tasks', 'rotation,spinning,supervised'], 'Unknown task'),
     (['--archs', '2'], 'archs must be an integer >= 3'),
     (['--tasks', 'rotation,jigsaw'], 'supervised'),
+    (['--space', 'resnest'], "samples cells of nasbench201 or darts, not 'resnest'"),
     (['--spaec', 'darts'], None),
 ])
 def test_bad_input_gets_one_clear_error(flags, message, tmp_path, capsys):

@@ -225,10 +225,22 @@ def test_stage_depths_build_resnest_in_the_papers_layout():
     assert flat.depths == (2, 2, 2, 2)  # null: cells_per_stage in every stage, as before the key existed
 
 
+def test_stage_depths_given_as_a_tuple_compare_equal_to_the_saved_list():
+    from nni_labelfree.experiment.checkpoint import changed_settings
+    from nni_labelfree.experiment.search import with_keys_added_later
+    given = resolve_config({'space': 'resnest', 'stage_depths': (3, 4, 6, 3)})
+    assert given.stage_depths == [3, 4, 6, 3] and isinstance(given.stage_depths, list)
+    saved = json.loads(json.dumps(given.to_dict()))
+    assert changed_settings(saved, resolve_config(saved).to_dict(), frozenset()) == ''
+    assert with_keys_added_later({'space': 'resnest'})['stage_depths'] is None  # runs from before the key
+
+
 @pytest.mark.parametrize('layer, message', [
     ({'space': 'resnest', 'stage_depths': [3, 4, 6]}, '4 positive integers'),
     ({'space': 'resnest', 'stage_depths': [3, 0, 6, 3]}, '4 positive integers'),
     ({'space': 'resnest', 'stage_depths': [3, 4, 6, 3.5]}, '4 positive integers'),
+    ({'space': 'resnest', 'stage_depths': [3, 4, 6, 3.0]}, '4 positive integers'),
+    ({'space': 'resnest', 'stage_depths': [3, 4, True, 3]}, '4 positive integers'),
     ({'space': 'resnest', 'stage_depths': '3,4,6,3'}, '4 positive integers'),
     ({'space': 'nasbench201', 'stage_depths': [3, 4, 6, 3]}, 'applies to space=resnest only'),
 ])

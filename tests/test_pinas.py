@@ -356,6 +356,7 @@ def _fit_noting_the_queue(tmp_path, save_after=None, trainer=None, **overrides):
 @pytest.mark.parametrize('accumulate', [1, 2])
 def test_lightning_steps_write_the_queue_in_place(tmp_path, accumulate):
     module, saver = _fit_noting_the_queue(tmp_path, trainer={'accumulate_grad_batches': accumulate})
+    assert module.trainer.global_step == 4 // accumulate  # the accumulation did take effect
     assert module.steps == 4 and module.queue.pointer == 32 and module.queue.filled == 32
     assert len(saver.storage) == 4 and set(saver.storage) == {module.queue.keys.data_ptr()}  # never copied
 

@@ -30,7 +30,8 @@ class SearchConfig:
     channels: int = 16                  # first-stage width of the space (NAS-Bench-201 paper: 16)
     cells_per_stage: int = 1            # searchable cells per stage (NAS-Bench-201 paper: 5)
     stage_depths: list | None = None    # resnest only: blocks per stage, 4 positive integers (Pi-NAS's ResNet-50
-                                        # layout: [3, 4, 6, 3]); null: cells_per_stage blocks in every stage
+                                        # layout: [3, 4, 6, 3]; overrides cells_per_stage); null: cells_per_stage
+                                        # blocks in every stage
     num_cells: int = 5                  # DARTS space only: cells in all, two of them reductions (paper: 8)
     task: str = 'rotation'              # UnNAS only: rotation | colorization | jigsaw | supervised (DARTS control)
     pretext_augment: bool = True        # UnNAS only: random crop (zero padding min(H, W) // 8) and flip of each image
@@ -236,6 +237,8 @@ def _validate(config: SearchConfig) -> None:
     if not isinstance(config.evolution, dict):
         raise ValueError(f'Configuration evolution must be a mapping of evolve() arguments, got {config.evolution!r}.')
     _check_stage_depths(config.stage_depths, config.space)
+    if config.stage_depths is not None:  # a list of its own, so saved (JSON) and given (tuple) values compare equal
+        config.stage_depths = list(config.stage_depths)
 
 
 def _check_stage_depths(depths: Any, space: str) -> None:

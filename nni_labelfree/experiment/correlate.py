@@ -48,6 +48,7 @@ __all__ = ['CorrelateConfig', 'resolve_correlate_config', 'sample_architectures'
 _logger = logging.getLogger(__name__)
 
 TASKS = ('rotation', 'colorization', 'jigsaw', 'supervised')
+CORRELATE_SPACES = ('nasbench201', 'darts')  # the cell spaces _build_space knows how to size
 Reporter = Callable[[dict], None]
 
 
@@ -98,9 +99,9 @@ def _task_list(tasks: Any) -> list[str]:
 
 
 def _validate(config: CorrelateConfig) -> None:
-    from nni_labelfree.search_spaces import list_spaces
-    if config.space not in list_spaces():
-        raise ValueError(f'Unknown search space {config.space!r}; expected one of {", ".join(list_spaces())}.')
+    if config.space not in CORRELATE_SPACES:
+        raise ValueError(f'The correlation study samples cells of {" or ".join(CORRELATE_SPACES)}, not '
+                         f'{config.space!r}; use one of those.')
     if not isinstance(config.archs, int) or config.archs < 3:
         raise ValueError(f'archs must be an integer >= 3 (a rank correlation of fewer architectures means nothing), '
                          f'got {config.archs!r}. Use e.g. --archs 8.')
