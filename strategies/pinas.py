@@ -74,7 +74,9 @@ class PiNAS(RankedOneShot, RandomOneShot):
         Seeds path sampling, views, shuffling (a function of seed and epoch), the queue, the head and selection.
     temperature, queue_size, momentum, embedding_dim
         InfoNCE temperature, number of queued keys, teacher EMA momentum, head output (paper: 0.2, 49152, 0.999,
-        128). A batch need not divide ``queue_size`` (writes wrap around), but must not exceed it.
+        128). A batch need not divide ``queue_size`` (writes wrap around), but must not exceed it. The EMA runs
+        before every batch's keys (the paper's order), so with gradient accumulation over ``k`` batches the teacher
+        takes ``k`` steps towards the same student weights per optimiser step (an effective momentum ``m**k``).
     hidden_dim
         Hidden width of the projection head (default: the feature width, as Pi-NAS).
     num_views
