@@ -112,21 +112,16 @@ def main() -> None:
     makers = [('RandomOneShot', lambda seed: RandomOneShot(), False),
               ('RandomOneShot channels_last', lambda seed: RandomOneShot(), True)]
     makers += [(f'PiNAS queue {q}', lambda seed, q=q: PiNAS(seed=seed, queue_size=q), False) for q in queues]
-    if args.contiguous:
-        makers.append((f'PiNAS queue {queues[0]} contiguous',
-                       lambda seed: PiNAS(seed=seed, queue_size=queues[0], channels_last=False), False))
-    if args.teacher_precision:
-        makers.append((f'PiNAS queue {queues[0]} teacher {args.teacher_precision}',
-                       lambda seed: PiNAS(seed=seed, queue_size=queues[0], teacher_precision=args.teacher_precision),
-                       False))
-    if args.queue_precision:
-        makers.append((f'PiNAS queue {queues[0]} queue {args.queue_precision}',
-                       lambda seed: PiNAS(seed=seed, queue_size=queues[0], queue_precision=args.queue_precision),
-                       False))
-    if args.both_precisions:
-        makers.append((f'PiNAS queue {queues[0]} teacher+queue bfloat16',
-                       lambda seed: PiNAS(seed=seed, queue_size=queues[0], teacher_precision='bfloat16',
-                                          queue_precision='bfloat16'), False))
+    variants = {'contiguous': dict(channels_last=False) if args.contiguous else None,
+                f'teacher {args.teacher_precision}': dict(teacher_precision=args.teacher_precision)
+                if args.teacher_precision else None,
+                f'queue {args.queue_precision}': dict(queue_precision=args.queue_precision)
+                if args.queue_precision else None,
+                'teacher+queue bfloat16': dict(teacher_precision='bfloat16', queue_precision='bfloat16')
+                if args.both_precisions else None}
+    # every variant runs the first queue size; kw=kw binds each variant's settings to its own maker
+    makers += [(f'PiNAS queue {queues[0]} {label}', lambda seed, kw=kw: PiNAS(seed=seed, queue_size=queues[0], **kw),
+                False) for label, kw in variants.items() if kw is not None]
     times: dict[str, list[float]] = {name: [] for name, _, _ in makers}
     for round_index in range(args.rounds + 1):  # round 0 warms up
         for name, make, channels_last in makers:
